@@ -1,0 +1,130 @@
+"""The JSON API under /api (CONTRACT.md, HTTP API). Parses, calls the domain, translates."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app import conversations, keys
+from app.auth import authenticate
+from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
+from app.services import Services
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_CONTENT_BYTES = 32 * 1024
+"""A message's content is limited to 32 KiB of UTF-8 (413 beyond)."""
+
+MAX_CLIENT_MESSAGE_ID = 128
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+MAX_TITLE = 200
+
+
+def services() -> Services:
+    return current_app.extensions["arzani"]
+
+
+def _user_id() -> int:
+    return authenticate(services())
+
+
+def _session_id(session_id: str) -> str:
+    if not keys.is_valid_session_id(session_id):
+        raise InvalidSessionId()
+    return session_id
+
+
+def _json_object(allowed: set[str]) -> dict:
+    if not request.is_json:
+        raise BadRequest("send a JSON body with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise InvalidBody("the body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidBody(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return body
+
+
+def _text(body: dict, name: str, *, required: bool, max_chars: int | None = None) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidBody(f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidBody(f"'{name}' must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidBody(f"'{name}' is not valid Unicode (lone surrogate)") from None
+    if "\x00" in value:
+        raise InvalidBody(f"'{name}' must not contain NUL characters")
+    if not value.strip():
+        raise InvalidBody(f"'{name}' must not be empty")
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidBody(f"'{name}' is longer than {max_chars} characters")
+    return value
+
+
+@bp.post("/sessions")
+def create_session():
+    user_id = _user_id()
+    session_id = secrets.token_urlsafe(24)
+    services().sessions.reserve(session_id, user_id)
+    return jsonify({"session_id": session_id}), 201
+
+
+@bp.post("/sessions/<session_id>/messages")
+def post_message(session_id: str):
+    session_id = _session_id(session_id)
+    user_id = _user_id()
+    body = _json_object({"content", "client_message_id"})
+    content = _text(body, "content", required=True)
+    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise ContentTooLarge()
+    client_message_id = _text(body, "client_message_id", required=False, max_chars=MAX_CLIENT_MESSAGE_ID)
+    posted = conversations.post_message(services(), user_id, session_id, content, client_message_id)
+    response = jsonify(posted.json())
+    response.status_code = 202 if posted.created else 200
+    response.headers["Arzani-Session-Resolution"] = posted.resolution
+    return response
+
+
+@bp.get("/sessions/<session_id>")
+def session_status(session_id: str):
+    session_id = _session_id(session_id)
+    return jsonify(conversations.session_status(services(), _user_id(), session_id))
+
+
+@bp.get("/conversations")
+def list_conversations():
+    user_id = _user_id()
+    raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    cursor = request.args.get("cursor") or None
+    return jsonify(conversations.list_conversations(services(), user_id, int(raw_limit), cursor))
+
+
+@bp.get("/conversations/<conversation_id>")
+def get_conversation(conversation_id: str):
+    return jsonify(conversations.get_conversation(services(), _user_id(), conversation_id))
+
+
+@bp.patch("/conversations/<conversation_id>")
+def rename_conversation(conversation_id: str):
+    user_id = _user_id()
+    body = _json_object({"title"})
+    title = _text(body, "title", required=True, max_chars=MAX_TITLE)
+    return jsonify(conversations.rename_conversation(services(), user_id, conversation_id, title.strip()))
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str):
+    conversations.delete_conversation(services(), _user_id(), conversation_id)
+    return "", 204

@@ -1,0 +1,63 @@
+"""Who is calling: a bearer token (API clients) or a signed cookie (the chat page)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from flask import g, request, session
+from sqlalchemy import select
+
+from app.errors import Unauthorized
+from app.models import User
+from app.services import Services
+
+COOKIE_USER_KEY = "uid"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_user(services: Services, name: str) -> tuple[User, str]:
+    """A user and its bearer token. The token is returned once and stored only as a hash."""
+    token = "arz_" + secrets.token_urlsafe(32)
+    with services.db.write() as db:
+        user = User(name=name, token_hash=hash_token(token), kind="api")
+        db.add(user)
+        db.flush()
+    return user, token
+
+
+def create_web_user(services: Services) -> User:
+    with services.db.write() as db:
+        user = User(name="web-" + secrets.token_hex(4), kind="web")
+        db.add(user)
+        db.flush()
+    return user
+
+
+def authenticate(services: Services) -> int:
+    """The caller's user id, or Unauthorized. Cached on `g` for the request."""
+    if "user_id" in g:
+        return g.user_id
+    header = request.headers.get("Authorization", "")
+    with services.db.session() as db:
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("Authorization must be 'Bearer TOKEN'")
+            user = db.scalars(select(User).where(User.token_hash == hash_token(token.strip()))).one_or_none()
+            # compare_digest on the hash keeps the check's timing independent of the match
+            if user is None or user.revoked_at is not None or not hmac.compare_digest(
+                user.token_hash or "", hash_token(token.strip())
+            ):
+                raise Unauthorized("unknown or revoked token")
+        else:
+            uid = session.get(COOKIE_USER_KEY)
+            user = db.get(User, uid) if isinstance(uid, int) else None
+            if user is None or user.revoked_at is not None:
+                raise Unauthorized()
+    g.user_id = user.id
+    return user.id

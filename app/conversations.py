@@ -1,0 +1,349 @@
+"""Conversations and messages: posting a user message, listing, reading, renaming, deleting.
+
+Functions here take the `Services` they need and ids, and own short transactions of their own;
+they return plain dicts ready for JSON. The HTTP layer (app/api.py) only parses and translates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from rq import Callback, Retry
+from rq.exceptions import DuplicateJobError
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from app import keys
+from app.errors import BadRequest, NotFound
+from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from app.services import Services
+from app.sessions import process_name
+
+log = logging.getLogger("arzani.conversations")
+
+REPLY_JOB = "workers.jobs.reply"
+"""Reply jobs are enqueued by dotted path: app/ never imports workers/."""
+
+REPLY_FAILED_CALLBACK = "workers.jobs.reply_failed"
+
+RETRY_INTERVALS_S = [1, 5, 15]
+"""Waits between reply attempts (the worker's scheduler, `rq worker --with-scheduler`, runs them)."""
+
+TITLE_LENGTH = 60
+
+
+def reply_job_id(message_id: int) -> str:
+    """One job id per user message: a second enqueue of the same message is refused by RQ."""
+    return f"reply-{message_id}"
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def message_json(message: Message) -> dict:
+    return {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "reply_to": message.reply_to,
+        "created_at": iso(message.created_at),
+    }
+
+
+def conversation_json(conversation: Conversation) -> dict:
+    return {
+        "id": conversation.id,
+        "session_id": conversation.session_id,
+        "title": conversation.title,
+        "created_at": iso(conversation.created_at),
+        "updated_at": iso(conversation.updated_at),
+    }
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    session_id: str
+    conversation_id: str
+    message: dict
+    job_id: str
+    created: bool  # False: the same client_message_id was posted before; this is that answer
+    resolution: str  # how the session was resolved (app.sessions.ResolvedSession.how)
+
+    def json(self) -> dict:
+        return {
+            "session_id": self.session_id,
+            "conversation_id": self.conversation_id,
+            "message": self.message,
+            "job_id": self.job_id,
+        }
+
+
+def post_message(
+    services: Services,
+    user_id: int,
+    session_id: str,
+    content: str,
+    client_message_id: str | None = None,
+) -> PostedMessage:
+    """Store a user message in its session's conversation (committed), then enqueue its reply."""
+    resolved = services.sessions.resolve(session_id, user_id)
+    try:
+        message = _insert_user_message(services, resolved.conversation_id, session_id, user_id,
+                                       content, client_message_id)
+    except _StaleConversation:
+        # The tracked key named a conversation the database does not have live for this session
+        # (deleted, or a key from before a restore). The database wins: drop the key, resolve again.
+        log.warning(
+            "session key disagrees with the database: key dropped, session resolved again",
+            extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
+                   "proc": process_name()},
+        )
+        services.sessions.forget(session_id, resolved.conversation_id)
+        resolved = services.sessions.resolve(session_id, user_id)
+        message = _insert_user_message(services, resolved.conversation_id, session_id, user_id,
+                                       content, client_message_id)
+    if message is None:
+        existing = _find_by_client_id(services, resolved.conversation_id, client_message_id)
+        return PostedMessage(session_id, resolved.conversation_id, message_json(existing),
+                             reply_job_id(existing.id), False, resolved.how)
+    job_id = enqueue_reply(services, message.id)
+    return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
+                         resolved.how)
+
+
+class _StaleConversation(Exception):
+    pass
+
+
+def _insert_user_message(
+    services: Services,
+    conversation_id: str,
+    session_id: str,
+    user_id: int,
+    content: str,
+    client_message_id: str | None,
+) -> Message | None:
+    """The message, or None when `client_message_id` was already used in this conversation."""
+    now = utcnow()
+    try:
+        with services.db.write() as db:
+            # Validates the tracked conversation (live, this session, this user) and bumps its
+            # activity in one statement; in PostgreSQL it also locks the row, so the message
+            # order within a conversation is the commit order.
+            bumped = db.execute(
+                update(Conversation)
+                .where(
+                    Conversation.id == conversation_id,
+                    Conversation.session_id == session_id,
+                    Conversation.user_id == user_id,
+                    Conversation.deleted_at.is_(None),
+                )
+                .values(
+                    message_count=Conversation.message_count + 1,
+                    updated_at=now,
+                    title=func.coalesce(Conversation.title, _title_from(content)),
+                )
+            ).rowcount
+            if bumped != 1:
+                raise _StaleConversation()
+            message = Message(
+                conversation_id=conversation_id,
+                role=MessageRole.USER,
+                content=content,
+                status=MessageStatus.PENDING,
+                client_message_id=client_message_id,
+                created_at=now,
+            )
+            db.add(message)
+            db.flush()
+        return message
+    except IntegrityError:
+        if client_message_id is None:
+            raise
+        return None
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
+
+
+def _find_by_client_id(services: Services, conversation_id: str, client_message_id: str) -> Message:
+    with services.db.session() as db:
+        return db.scalars(
+            select(Message).where(
+                Message.conversation_id == conversation_id,
+                Message.client_message_id == client_message_id,
+            )
+        ).one()
+
+
+def enqueue_reply(services: Services, message_id: int) -> str:
+    """Enqueue the reply job of a committed user message; a job already there is left alone.
+
+    If Redis refuses, the error propagates: the message is committed and `pending`, and the
+    sweeper enqueues it again (it uses this same function and job id).
+    """
+    job_id = reply_job_id(message_id)
+    settings = services.settings
+    retries = settings.reply_retries
+    try:
+        services.queue.enqueue(
+            REPLY_JOB,
+            message_id,
+            job_id=job_id,
+            unique=True,
+            job_timeout=settings.job_timeout_s,
+            retry=Retry(max=retries, interval=RETRY_INTERVALS_S[:retries]) if retries else None,
+            on_failure=Callback(REPLY_FAILED_CALLBACK),
+            description=f"reply to message {message_id}",
+        )
+    except DuplicateJobError:
+        pass
+    return job_id
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _owned_conversation(db: Session, user_id: int, conversation_id: str) -> Conversation:
+    conversation = db.scalars(
+        select(Conversation).where(
+            Conversation.id == conversation_id,
+            Conversation.user_id == user_id,
+            Conversation.deleted_at.is_(None),
+        )
+    ).one_or_none()
+    if conversation is None:
+        raise NotFound("conversation not found")
+    return conversation
+
+
+def get_conversation(services: Services, user_id: int, conversation_id: str) -> dict:
+    with services.db.session() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+        messages = db.scalars(
+            select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
+        ).all()
+        return conversation_json(conversation) | {"messages": [message_json(m) for m in messages]}
+
+
+def encode_cursor(updated_at: datetime, conversation_id: str) -> str:
+    raw = json.dumps([updated_at.isoformat(), conversation_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, conversation_id = json.loads(raw)
+        updated_at = datetime.fromisoformat(stamp)
+        if not isinstance(conversation_id, str) or updated_at.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("cursor is not one this server issued") from None
+    return updated_at, conversation_id
+
+
+def list_conversations(services: Services, user_id: int, limit: int, cursor: str | None) -> dict:
+    """Newest activity first, keyset-paginated on (updated_at, id)."""
+    last = aliased(Message)
+    latest_id = (
+        select(func.max(Message.id)).where(Message.conversation_id == Conversation.id).scalar_subquery()
+    )
+    query = (
+        select(Conversation, last)
+        .outerjoin(last, last.id == latest_id)
+        .where(Conversation.user_id == user_id, Conversation.deleted_at.is_(None))
+        .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor:
+        updated_at, conversation_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Conversation.updated_at < updated_at,
+                and_(Conversation.updated_at == updated_at, Conversation.id < conversation_id),
+            )
+        )
+    with services.db.session() as db:
+        rows = db.execute(query).all()
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        tail = page[-1][0]
+        next_cursor = encode_cursor(tail.updated_at, tail.id)
+    return {
+        "conversations": [
+            conversation_json(c)
+            | {"message_count": c.message_count, "last_message": message_json(m) if m else None}
+            for c, m in page
+        ],
+        "next_cursor": next_cursor,
+    }
+
+
+def rename_conversation(services: Services, user_id: int, conversation_id: str, title: str) -> dict:
+    with services.db.write() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+        conversation.title = title
+        conversation.updated_at = utcnow()
+    return conversation_json(conversation)
+
+
+def delete_conversation(services: Services, user_id: int, conversation_id: str) -> None:
+    """Soft delete (the row stays, so a late reply cannot resurrect it) and drop the session key."""
+    with services.db.write() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+        conversation.deleted_at = utcnow()
+        session_id = conversation.session_id
+    services.sessions.forget(session_id, conversation_id)
+
+
+def pending_replies(db: Session, conversation_id: str) -> int:
+    return db.scalar(
+        select(func.count()).where(
+            Message.conversation_id == conversation_id,
+            Message.role == MessageRole.USER,
+            Message.status == MessageStatus.PENDING,
+        )
+    )
+
+
+def session_status(services: Services, user_id: int, session_id: str) -> dict:
+    """What Redis and the database each believe about a session, and whether they agree."""
+    tracked, ttl_ms, lock_ttl_ms = services.sessions.tracked(session_id)
+    with services.db.session() as db:
+        rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
+        owners = {row.user_id for row in rows}
+        if tracked.get("user_id"):
+            owners.add(int(tracked["user_id"]))
+        if owners != {user_id}:
+            raise NotFound("session not found")
+        live = next((row for row in rows if row.deleted_at is None), None)
+        pending = pending_replies(db, live.id) if live else 0
+    tracked_conversation = tracked.get("conversation_id")
+    database_conversation = live.id if live else None
+    return {
+        "session_id": session_id,
+        "conversation_id": database_conversation,
+        "tracked": {
+            "key": keys.session_key(session_id),
+            "conversation_id": tracked_conversation,
+            "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
+            "created_by": tracked.get("created_by"),
+            "last_seen_at": int(tracked["last_seen_at"]) if tracked.get("last_seen_at") else None,
+        },
+        "lock": {"held": lock_ttl_ms != -2, "ttl_ms": lock_ttl_ms if lock_ttl_ms >= 0 else None},
+        "consistent": tracked_conversation == database_conversation,
+        "pending_replies": pending,
+    }

@@ -1,0 +1,104 @@
+"""The database: one engine per process, made lazily from DATABASE_URL, never shared across fork.
+
+SQLite is the zero-install default and must survive several gunicorn processes writing at once:
+WAL lets readers run beside a writer, `busy_timeout` makes a writer wait for the lock instead of
+failing, and write transactions start with BEGIN IMMEDIATE. Without that last one, a transaction
+that reads first and writes later gets SQLITE_BUSY *at once* when another process committed in
+between (busy_timeout does not apply to that upgrade): "database is locked" in a client's face.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.models import Base
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another process's write transaction before giving up."""
+
+_WRITE_OPTION = "arzani_write"
+
+
+def make_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection, _record):
+        # Take BEGIN away from pysqlite so that we can emit BEGIN IMMEDIATE ourselves
+        # (SQLAlchemy's documented recipe for pysqlite transactions).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn):
+        immediate = conn.get_execution_options().get(_WRITE_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """An engine and its two session factories: `session()` for reads, `write()` for writes."""
+
+    def __init__(self, database_url: str):
+        self.url = database_url
+        self.engine = make_engine(database_url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        _dispose_after_fork(self.engine)
+
+    def session(self) -> Session:
+        return self._read()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction is a write transaction from its first statement.
+
+        Commits when the block ends, rolls back if it raises.
+        """
+        with self._write() as session, session.begin():
+            yield session
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _dispose_after_fork(engine: Engine) -> None:
+    """A forked child (gunicorn worker, RQ work-horse) must not reuse its parent's connections."""
+    ref = weakref.ref(engine)
+
+    def _after_fork_in_child():
+        eng = ref()
+        if eng is not None:
+            eng.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,81 @@
+"""Domain exceptions. The web edge (app/api.py) turns them into {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+
+class ArzaniError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or self.__doc__ or self.code)
+        self.message = message or (self.__doc__ or self.code).strip()
+
+
+class ConfigurationError(ArzaniError):
+    """The environment does not describe a runnable service."""
+
+    code = "configuration_error"
+
+
+class BadRequest(ArzaniError):
+    """The request could not be understood."""
+
+    code = "bad_request"
+    status = 400
+
+
+class InvalidSessionId(BadRequest):
+    """Session ids match ^[A-Za-z0-9_-]{8,128}$."""
+
+    code = "invalid_session_id"
+
+
+class Unauthorized(ArzaniError):
+    """Send Authorization: Bearer TOKEN, or open the chat page to get a cookie."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class NotFound(ArzaniError):
+    """Not found."""
+
+    code = "not_found"
+    status = 404
+
+
+class ContentTooLarge(ArzaniError):
+    """Message content is limited to 32 KiB."""
+
+    code = "content_too_large"
+    status = 413
+
+
+class InvalidBody(ArzaniError):
+    """The JSON body does not have the expected shape."""
+
+    code = "invalid_body"
+    status = 422
+
+
+class Unavailable(ArzaniError):
+    """A backing service (Redis or the database) is unavailable; try again."""
+
+    code = "unavailable"
+    status = 503
+
+
+class SessionBusy(Unavailable):
+    """Another process is creating this session's conversation and did not finish in time."""
+
+    code = "session_busy"
+
+
+class StaleFence(ArzaniError):
+    """This process lost the creation lock (it expired and someone else took it) before writing."""
+
+    code = "stale_fence"
+    status = 503

@@ -1,0 +1,43 @@
+"""Redis key names (CONTRACT.md, Redis keys). The only place a key string is built.
+
+Session ids are validated before they get here, so input can never steer a key name beyond the
+`{SID}` slot: the pattern admits no braces, colons or spaces.
+"""
+
+from __future__ import annotations
+
+import re
+
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+PREFIX = "arzani:session:"
+
+
+def is_valid_session_id(session_id: object) -> bool:
+    return isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id) is not None
+
+
+def session_key(session_id: str) -> str:
+    """The tracked hash: conversation_id, user_id, created_by, created_at, last_seen_at."""
+    return f"{PREFIX}{{{session_id}}}"
+
+
+def lock_key(session_id: str) -> str:
+    """The creation lock: holds its owner's random token, set only with SET NX PX."""
+    return f"{session_key(session_id)}:lock"
+
+
+def fence_key(session_id: str) -> str:
+    """The fencing counter, incremented by every lock acquisition."""
+    return f"{session_key(session_id)}:fence"
+
+
+def released_channel(session_id: str) -> str:
+    """Pub/sub channel (not a key) on which a lock holder announces it is done, waking waiters."""
+    return f"{session_key(session_id)}:released"
+
+
+def session_id_from_key(key: str) -> str | None:
+    """`arzani:session:{SID}` -> SID; None for the lock and fence keys or anything else."""
+    if key.startswith(PREFIX + "{") and key.endswith("}"):
+        return key[len(PREFIX) + 1 : -1]
+    return None

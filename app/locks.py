@@ -1,0 +1,161 @@
+"""The per-session creation lock: redis-py's `Lock` with a fence and a wake-up on release.
+
+redis-py's Lock already gives what the contract asks for: acquisition is `SET key token NX PX ttl`
+and release is a Lua script that deletes the key only when it still holds our token. We add two
+things it lacks (see FIELD-NOTES.md):
+
+- a fencing counter, `arzani:session:{SID}:fence`, incremented in the same script as the SET, so
+  each acquisition has a number that a later, stale holder can be told apart by;
+- a publish on `arzani:session:{SID}:released` when the holder is done, so that processes that lost
+  the race wake at once instead of polling every 100 ms as `Lock.acquire(blocking=True)` does.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from redis import Redis
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
+
+from app import keys
+
+_ACQUIRE = """
+-- KEYS[1] lock, KEYS[2] fence; ARGV[1] token, ARGV[2] lock ttl ms, ARGV[3] fence ttl ms
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    local fence = redis.call('INCR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    return fence
+end
+return 0
+"""
+
+# Release: the owner check of redis-py's release script, plus the wake-up publish. Waiters are
+# woken whether or not the holder succeeded; they look again and learn which.
+_RELEASE = """
+-- KEYS[1] lock; ARGV[1] token, ARGV[2] channel, ARGV[3] payload
+local token = redis.call('GET', KEYS[1])
+if not token or token ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+# Fenced commit: write the session hash only if no one acquired the lock since us (the fence is
+# unchanged), then release if we are still the owner, then wake the waiters. One round trip.
+# A holder that stalled past the TTL while another process took the lock writes nothing here.
+_COMMIT = """
+-- KEYS[1] lock, KEYS[2] fence, KEYS[3] session hash
+-- ARGV[1] token, ARGV[2] fence, ARGV[3] session ttl ms, ARGV[4] channel,
+-- ARGV[5] conversation_id, ARGV[6] user_id, ARGV[7] created_by, ARGV[8] created_at, ARGV[9] now ms
+local written = 0
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('HSET', KEYS[3], 'conversation_id', ARGV[5], 'user_id', ARGV[6],
+               'created_by', ARGV[7], 'created_at', ARGV[8], 'last_seen_at', ARGV[9])
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    written = 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. '|' .. ARGV[6])
+return written
+"""
+
+
+class SessionLock(Lock):
+    """`arzani:session:{SID}:lock`, fenced. Not thread-local: one instance is one holder."""
+
+    # Each subclass caches its own registered scripts (redis-py keeps them on the class).
+    lua_release = None
+    lua_extend = None
+    lua_reacquire = None
+    lua_fenced_acquire = None
+    lua_fenced_release = None
+    lua_commit = None
+
+    def __init__(self, redis: Redis, session_id: str, lock_ttl_ms: int, fence_ttl_ms: int):
+        super().__init__(
+            redis,
+            keys.lock_key(session_id),
+            timeout=lock_ttl_ms / 1000,
+            blocking=False,
+            thread_local=False,
+        )
+        self.session_id = session_id
+        self.fence_name = keys.fence_key(session_id)
+        self.channel = keys.released_channel(session_id)
+        self.lock_ttl_ms = lock_ttl_ms
+        self.fence_ttl_ms = fence_ttl_ms
+        self.fence: int | None = None
+
+    def register_scripts(self) -> None:
+        super().register_scripts()
+        cls = self.__class__
+        if cls.lua_fenced_acquire is None:
+            cls.lua_fenced_acquire = self.redis.register_script(_ACQUIRE)
+            cls.lua_fenced_release = self.redis.register_script(_RELEASE)
+            cls.lua_commit = self.redis.register_script(_COMMIT)
+
+    def acquire(self, **kwargs) -> bool:
+        # A random token, not redis-py's default uuid1 (time and MAC address, guessable).
+        kwargs.setdefault("token", secrets.token_hex(16))
+        return super().acquire(**kwargs)
+
+    def do_acquire(self, token: str) -> bool:
+        fence = self.lua_fenced_acquire(
+            keys=[self.name, self.fence_name],
+            args=[token, self.lock_ttl_ms, self.fence_ttl_ms],
+            client=self.redis,
+        )
+        if int(fence):
+            self.fence = int(fence)
+            return True
+        return False
+
+    def do_release(self, expected_token) -> None:
+        if not bool(
+            self.lua_fenced_release(
+                keys=[self.name], args=[expected_token, self.channel, ""], client=self.redis
+            )
+        ):
+            raise LockNotOwnedError("Cannot release a lock that's no longer owned", lock_name=self.name)
+
+    def fence_is_current(self) -> bool:
+        """True while no other process has acquired the lock since we did."""
+        value = self.redis.get(self.fence_name)
+        return value is not None and int(value) == self.fence
+
+    def commit_session(
+        self,
+        *,
+        conversation_id: str,
+        user_id: int,
+        created_by: str,
+        created_at_ms: int,
+        now_ms: int,
+        session_ttl_ms: int,
+    ) -> bool:
+        """Write the session hash if our fence is current, release, wake waiters. True if written."""
+        token = self.local.token
+        self.local.token = None
+        return bool(
+            self.lua_commit(
+                keys=[self.name, self.fence_name, keys.session_key(self.session_id)],
+                args=[
+                    token or "",
+                    self.fence or 0,
+                    session_ttl_ms,
+                    self.channel,
+                    conversation_id,
+                    user_id,
+                    created_by,
+                    created_at_ms,
+                    now_ms,
+                ],
+                client=self.redis,
+            )
+        )

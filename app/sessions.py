@@ -1,0 +1,328 @@
+"""The session service: resolve a chat session to its one conversation, across processes.
+
+Used by the web side (every message) and the worker side (every reply) alike. Its surface:
+
+- `resolve(session_id, user_id)`: the session's conversation, created if there is none;
+- `tracked(session_id)`: what Redis believes, without renewing anything;
+- `repair(...)` / `forget(...)`: rewrite or drop the tracked key when the database disagrees;
+- `reserve(...)`: mark a freshly minted session id as its user's (POST /api/sessions).
+
+Fast path: one Lua call reads the tracked hash `arzani:session:{SID}` and renews its TTL. Slow
+path: take the session's lock (`SET NX PX`, fenced, see app/locks.py), look again in Redis and then
+in the database (a conversation may exist whose key was lost), create the conversation only if
+none exists, and write the hash in the same script that releases the lock and wakes the waiters.
+A process that lost the race subscribes to the release channel and takes the winner's answer.
+The database's partial unique index on live `session_id` is the last guard: when it fires we read
+the row that won and use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import LockError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app import keys
+from app.db import Database
+from app.errors import NotFound, SessionBusy, StaleFence
+from app.locks import SessionLock
+from app.models import Conversation
+
+log = logging.getLogger("arzani.sessions")
+
+# Reads the tracked hash and, if it names a conversation, renews the hash and the fence counter
+# (CONTRACT: "renewed by every message"). One round trip on the hot path.
+_TOUCH = """
+-- KEYS[1] session hash, KEYS[2] fence; ARGV[1] now ms, ARGV[2] session ttl ms
+if redis.call('HEXISTS', KEYS[1], 'conversation_id') == 1 then
+    redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# Drops the tracked key only if it still names the conversation we mean to forget.
+_FORGET = """
+if redis.call('HGET', KEYS[1], 'conversation_id') == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def process_name(kind: str = "web") -> str:
+    """`web:HOST:PID`; computed on each call because gunicorn and RQ fork after start-up."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class ResolvedSession:
+    session_id: str
+    conversation_id: str
+    user_id: int
+    # how the conversation was found: "tracked" (the Redis key), "created" (this call made it),
+    # "waited" (another process made it while we waited), "recovered" (from the database)
+    how: str
+
+
+class SessionService:
+    def __init__(
+        self,
+        redis: Redis,
+        db: Database,
+        *,
+        lock_ttl_ms: int,
+        session_ttl_s: int,
+        process_kind: str = "web",
+    ):
+        self.redis = redis
+        self.db = db
+        self.lock_ttl_ms = lock_ttl_ms
+        self.session_ttl_ms = session_ttl_s * 1000
+        self.process_kind = process_kind
+        self._touch = redis.register_script(_TOUCH)
+        self._forget = redis.register_script(_FORGET)
+
+    # -- Redis side ------------------------------------------------------------------------
+
+    def touch(self, session_id: str) -> dict[str, str]:
+        flat = self._touch(
+            keys=[keys.session_key(session_id), keys.fence_key(session_id)],
+            args=[now_ms(), self.session_ttl_ms],
+        )
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    def tracked(self, session_id: str) -> tuple[dict[str, str], int, int]:
+        """(hash, hash PTTL ms, lock PTTL ms) without renewing anything: for status views."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.session_key(session_id))
+        pipe.pttl(keys.session_key(session_id))
+        pipe.pttl(keys.lock_key(session_id))
+        tracked, ttl_ms, lock_ttl_ms = pipe.execute()
+        return tracked, ttl_ms, lock_ttl_ms
+
+    def reserve(self, session_id: str, user_id: int) -> None:
+        """Claim a server-minted session id for its user before any conversation exists."""
+        pipe = self.redis.pipeline(transaction=True)
+        key = keys.session_key(session_id)
+        stamp = now_ms()
+        pipe.hsetnx(key, "user_id", user_id)
+        pipe.hsetnx(key, "created_at", stamp)
+        pipe.hset(key, "last_seen_at", stamp)
+        pipe.pexpire(key, self.session_ttl_ms)
+        pipe.execute()
+
+    def forget(self, session_id: str, conversation_id: str) -> bool:
+        """Drop the tracked key if (and only if) it still names `conversation_id`."""
+        return bool(self._forget(keys=[keys.session_key(session_id)], args=[conversation_id]))
+
+    # -- resolution ------------------------------------------------------------------------
+
+    def resolve(self, session_id: str, user_id: int) -> ResolvedSession:
+        tracked = self.touch(session_id)
+        if "conversation_id" in tracked:
+            self._check_owner(session_id, tracked, user_id)
+            return ResolvedSession(session_id, tracked["conversation_id"], user_id, "tracked")
+        self._check_owner(session_id, tracked, user_id)
+        return self._resolve_slow(session_id, user_id)
+
+    def _check_owner(self, session_id: str, tracked: dict[str, str], user_id: int) -> None:
+        owner = tracked.get("user_id")
+        if owner is not None and int(owner) != user_id:
+            # Another user's session answers exactly like a missing one.
+            raise NotFound("session not found")
+
+    def _resolve_slow(self, session_id: str, user_id: int) -> ResolvedSession:
+        # A holder that dies leaves its lock for lock_ttl_ms; waiting twice that and a little
+        # more lets one takeover happen before we give up with a clear 503.
+        deadline = time.monotonic() + 2 * self.lock_ttl_ms / 1000 + 1
+        started = time.monotonic()
+        pubsub = None
+        try:
+            while True:
+                lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
+                if lock.acquire():
+                    try:
+                        return self._resolve_holding(lock, session_id, user_id, waited=pubsub is not None)
+                    except StaleFence:
+                        log.warning(
+                            "session lock lost before the conversation was written; waiting for the "
+                            "new holder",
+                            extra={"session_id": session_id, "proc": process_name(self.process_kind)},
+                        )
+                if pubsub is None:
+                    # Listen first, then look: a holder that finishes in between is seen by the
+                    # look, one that finishes after is heard on the channel. Nothing falls between.
+                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(keys.released_channel(session_id))
+                    log.info(
+                        "session lock busy: waiting for its holder",
+                        extra={"session_id": session_id, "proc": process_name(self.process_kind)},
+                    )
+                tracked = self.touch(session_id)
+                if "conversation_id" in tracked:
+                    return self._waited(session_id, tracked["conversation_id"], tracked["user_id"],
+                                        user_id, started)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SessionBusy()
+                lock_left_ms = self.redis.pttl(keys.lock_key(session_id))
+                if lock_left_ms < 0:
+                    continue  # released (or never set) between our tries: try again at once
+                announced = _next_message(pubsub, min(remaining, lock_left_ms / 1000 + 0.01))
+                if announced:
+                    conversation_id, _, owner = announced.partition("|")
+                    if conversation_id:
+                        return self._waited(session_id, conversation_id, owner, user_id, started)
+                # The holder failed, died (its lock expired) or we timed out: try to take over.
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+    def _waited(self, session_id: str, conversation_id: str, owner: str, user_id: int,
+                started: float) -> ResolvedSession:
+        self._check_owner(session_id, {"user_id": owner}, user_id)
+        log.info(
+            "session resolved after waiting for the lock holder",
+            extra={
+                "session_id": session_id,
+                "conversation_id": conversation_id,
+                "proc": process_name(self.process_kind),
+                "waited_ms": round((time.monotonic() - started) * 1000, 2),
+            },
+        )
+        return ResolvedSession(session_id, conversation_id, user_id, "waited")
+
+    def _resolve_holding(
+        self, lock: SessionLock, session_id: str, user_id: int, *, waited: bool
+    ) -> ResolvedSession:
+        try:
+            # Look again: a holder may have finished between our miss and our acquisition.
+            tracked = self.touch(session_id)
+            if "conversation_id" in tracked:
+                self._check_owner(session_id, tracked, user_id)
+                return ResolvedSession(
+                    session_id, tracked["conversation_id"], user_id, "waited" if waited else "tracked"
+                )
+            self._check_owner(session_id, tracked, user_id)
+            conversation, how = self._find_or_create(lock, session_id, user_id)
+            written = lock.commit_session(
+                conversation_id=conversation.id,
+                user_id=conversation.user_id,
+                created_by=conversation.created_by,
+                created_at_ms=int(conversation.created_at.timestamp() * 1000),
+                now_ms=now_ms(),
+                session_ttl_ms=self.session_ttl_ms,
+            )
+            if not written:
+                log.warning(
+                    "fence moved while creating: another process holds the lock now; it will "
+                    "find this conversation in the database and track it",
+                    extra={"session_id": session_id, "conversation_id": conversation.id,
+                           "proc": process_name(self.process_kind), "fence": lock.fence},
+                )
+            return ResolvedSession(session_id, conversation.id, user_id, how)
+        finally:
+            if lock.local.token is not None:
+                try:
+                    lock.release()
+                except LockError:
+                    log.warning("session lock expired before release",
+                                extra={"session_id": session_id, "fence": lock.fence})
+
+    def _find_or_create(
+        self, lock: SessionLock, session_id: str, user_id: int
+    ) -> tuple[Conversation, str]:
+        try:
+            with self.db.write() as db:
+                rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
+                if any(row.user_id != user_id for row in rows):
+                    raise NotFound("session not found")
+                live = [row for row in rows if row.deleted_at is None]
+                if live:
+                    log.warning(
+                        "session key missing: conversation recovered from the database",
+                        extra={"session_id": session_id, "conversation_id": live[0].id,
+                               "proc": process_name(self.process_kind)},
+                    )
+                    return live[0], "recovered"
+                if not lock.fence_is_current():
+                    raise StaleFence()
+                conversation = Conversation(
+                    session_id=session_id,
+                    user_id=user_id,
+                    created_by=process_name(self.process_kind),
+                    creation_fence=lock.fence or 0,
+                )
+                db.add(conversation)
+                db.flush()
+        except IntegrityError:
+            # The unique index fired: a stale holder's twin got there first. Use its row.
+            with self.db.session() as db:
+                conversation = db.scalars(
+                    select(Conversation).where(
+                        Conversation.session_id == session_id, Conversation.deleted_at.is_(None)
+                    )
+                ).one()
+            if conversation.user_id != user_id:
+                raise NotFound("session not found") from None
+            log.warning(
+                "unique constraint kept a second conversation out",
+                extra={"session_id": session_id, "conversation_id": conversation.id,
+                       "proc": process_name(self.process_kind)},
+            )
+            return conversation, "recovered"
+        log.info(
+            "conversation created",
+            extra={"session_id": session_id, "conversation_id": conversation.id,
+                   "proc": conversation.created_by, "fence": lock.fence},
+        )
+        return conversation, "created"
+
+    def repair(self, session_id: str, conversation: Conversation) -> bool:
+        """Rewrite the tracked key from the database's live conversation. True if written.
+
+        Takes the session lock without waiting: if someone holds it, they are resolving this very
+        session and will write what the database says.
+        """
+        lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
+        if not lock.acquire():
+            return False
+        written = lock.commit_session(
+            conversation_id=conversation.id,
+            user_id=conversation.user_id,
+            created_by=conversation.created_by,
+            created_at_ms=int(conversation.created_at.timestamp() * 1000),
+            now_ms=now_ms(),
+            session_ttl_ms=self.session_ttl_ms,
+        )
+        log.warning(
+            "session key repaired from the database",
+            extra={"session_id": session_id, "conversation_id": conversation.id,
+                   "proc": process_name(self.process_kind), "written": written},
+        )
+        return written
+
+
+def _next_message(pubsub, timeout_s: float) -> str | None:
+    """The next published payload within `timeout_s`, skipping subscribe confirmations."""
+    end = time.monotonic() + timeout_s
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        message = pubsub.get_message(timeout=left)
+        if message and message.get("type") == "message":
+            return message["data"]

@@ -1,0 +1,1 @@
+"""Operator commands: the `arzani` Click group."""

@@ -1,0 +1,128 @@
+"""Fixtures: a real redis-server per test session, a fresh database per test (SQLite, and
+PostgreSQL too when ARZANI_TEST_POSTGRES_URL is set), the app, a client, an API user, a worker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+from rq import SimpleWorker
+
+from app import create_app
+from app.auth import create_api_user
+from app.config import Settings
+from app.services import Services
+from tests.servers import PostgresDatabase, RedisServer
+from workers import jobs
+
+POSTGRES_URL = os.environ.get("ARZANI_TEST_POSTGRES_URL")
+DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    if redis_server.process is None:  # a test stopped it
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()  # our own private server, never the machine's shared one
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'arzani.db'}"
+        return
+    database = PostgresDatabase(POSTGRES_URL)
+    yield database.create()
+    database.drop()
+
+
+@pytest.fixture
+def settings(redis_url, database_url):
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        secret_key="test-secret",
+        lock_ttl_ms=2000,
+        reply_retries=2,
+    )
+
+
+@pytest.fixture
+def services(settings):
+    wiring = Services(settings)
+    wiring.db.create_all()
+    jobs.use_services(Services(settings, process_kind="worker"))
+    yield wiring
+    jobs.use_services(None)
+    wiring.close()
+
+
+@pytest.fixture
+def app(services):
+    return create_app({"TESTING": True}, services=services)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Api:
+    """Calls the API as one user (like flaskr's AuthActions)."""
+
+    def __init__(self, client, token: str, user_id: int):
+        self.client = client
+        self.token = token
+        self.user_id = user_id
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def post(self, path, json=None, **kw):
+        return self.client.post(path, json=json, headers=self.headers, **kw)
+
+    def get(self, path, **kw):
+        return self.client.get(path, headers=self.headers, **kw)
+
+    def patch(self, path, json=None, **kw):
+        return self.client.patch(path, json=json, headers=self.headers, **kw)
+
+    def delete(self, path, **kw):
+        return self.client.delete(path, headers=self.headers, **kw)
+
+    def send(self, session_id: str, content: str, **extra):
+        return self.post(f"/api/sessions/{session_id}/messages", json={"content": content, **extra})
+
+
+@pytest.fixture
+def make_api(client, services):
+    def _make(name: str = "alice") -> Api:
+        user, token = create_api_user(services, name)
+        return Api(client, token, user.id)
+
+    return _make
+
+
+@pytest.fixture
+def api(make_api):
+    return make_api("alice")
+
+
+@pytest.fixture
+def run_jobs(services):
+    """Run every queued reply job now, in this process, against the real Redis."""
+
+    def _run() -> None:
+        worker = SimpleWorker([services.queue], connection=services.rq_redis)
+        worker.work(burst=True)
+
+    return _run

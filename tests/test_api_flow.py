@@ -1,0 +1,60 @@
+"""The whole path through the API: message -> one conversation -> job -> reply in it."""
+
+from __future__ import annotations
+
+import uuid
+
+
+def sid() -> str:
+    return uuid.uuid4().hex
+
+
+def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, run_jobs):
+    session_id = sid()
+    first = api.send(session_id, "hello there")
+    assert first.status_code == 202, first.json
+    assert first.headers["Arzani-Session-Resolution"] == "created"
+    body = first.json
+    assert body["session_id"] == session_id
+    assert body["message"]["status"] == "pending"
+    assert body["message"]["role"] == "user"
+    assert body["job_id"] == f"reply-{body['message']['id']}"
+
+    second = api.send(session_id, "and again")
+    assert second.status_code == 202
+    assert second.headers["Arzani-Session-Resolution"] == "tracked"
+    assert second.json["conversation_id"] == body["conversation_id"]
+
+    run_jobs()
+
+    conversation = api.get(f"/api/conversations/{body['conversation_id']}").json
+    roles = [(m["role"], m["status"]) for m in conversation["messages"]]
+    assert roles == [("user", "answered"), ("user", "answered"), ("assistant", "complete"),
+                     ("assistant", "complete")]
+    replies = [m for m in conversation["messages"] if m["role"] == "assistant"]
+    user_ids = [m["id"] for m in conversation["messages"] if m["role"] == "user"]
+    assert [r["reply_to"] for r in replies] == user_ids
+    assert body["conversation_id"] in replies[0]["content"]
+    assert 'first was "hello there"' in replies[1]["content"]
+    assert "message 2 of this chat" in replies[1]["content"]
+
+    listing = api.get("/api/conversations").json
+    assert [c["id"] for c in listing["conversations"]] == [body["conversation_id"]]
+    assert listing["conversations"][0]["message_count"] == 4
+    assert listing["conversations"][0]["last_message"]["role"] == "assistant"
+
+
+def test_status_shows_redis_and_database_agree(api, run_jobs):
+    session_id = sid()
+    posted = api.send(session_id, "hi").json
+    status = api.get(f"/api/sessions/{session_id}").json
+    assert status["conversation_id"] == posted["conversation_id"]
+    assert status["tracked"]["key"] == f"arzani:session:{{{session_id}}}"
+    assert status["tracked"]["conversation_id"] == posted["conversation_id"]
+    assert status["tracked"]["created_by"].startswith("web:")
+    assert 0 < status["tracked"]["ttl_ms"] <= 604_800_000
+    assert status["lock"] == {"held": False, "ttl_ms": None}
+    assert status["consistent"] is True
+    assert status["pending_replies"] == 1
+    run_jobs()
+    assert api.get(f"/api/sessions/{session_id}").json["pending_replies"] == 0

@@ -1,0 +1,161 @@
+"""Reply jobs, run by the stock `rq worker` (enqueued by app/ as "workers.jobs.reply").
+
+A job may run twice, even at the same time (an RQ retry, a work-horse that outlived its parent):
+the database's unique `messages.reply_to` makes the second run a no-op instead of a second reply.
+Exceptions propagate so that RQ records them and retries; when the retries are spent, the
+failure callback marks the user message `failed`, visibly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.config import Settings
+from app.logs import configure_logging
+from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from app.services import Services
+from app.sessions import process_name
+from workers.agents import Turn, make_agent
+
+log = logging.getLogger("arzani.jobs")
+
+_services: Services | None = None
+
+
+def services() -> Services:
+    """This worker process's wiring, made from the environment on first use."""
+    global _services
+    if _services is None:
+        configure_logging()
+        _services = Services(Settings.from_env(), process_kind="worker")
+    return _services
+
+
+def use_services(replacement: Services | None) -> None:
+    """Hand this process a wiring of its own (tests running jobs in-process)."""
+    global _services
+    _services = replacement
+
+
+def reply(message_id: int) -> dict:
+    """Answer user message `message_id`, and any earlier unanswered one of its conversation first,
+    so that replies within a session are attached in the order of the user messages."""
+    svc = services()
+    with svc.db.session() as db:
+        message = db.get(Message, message_id)
+        if message is None or message.role != MessageRole.USER:
+            log.warning("reply job for a message that is not a user message",
+                        extra={"message_id": message_id})
+            return {"message_id": message_id, "outcome": "no_such_user_message"}
+        conversation = db.get(Conversation, message.conversation_id)
+    if conversation.deleted_at is not None:
+        log.info("conversation deleted before its reply: nothing attached",
+                 extra={"conversation_id": conversation.id, "message_id": message_id})
+        return {"message_id": message_id, "outcome": "conversation_deleted"}
+
+    _check_session_key(svc, conversation)
+
+    with svc.db.session() as db:
+        waiting = db.scalars(
+            select(Message.id)
+            .where(
+                Message.conversation_id == conversation.id,
+                Message.role == MessageRole.USER,
+                Message.status == MessageStatus.PENDING,
+                Message.id <= message_id,
+            )
+            .order_by(Message.id)
+        ).all()
+    agent = make_agent(svc.settings)
+    attached = [pending_id for pending_id in waiting if _answer(svc, agent, conversation, pending_id)]
+    return {"message_id": message_id, "conversation_id": conversation.id, "attached_for": attached}
+
+
+def _check_session_key(svc: Services, conversation: Conversation) -> None:
+    """The session key should name the message's conversation. The database is authoritative:
+    on disagreement (or a lost key) log it and rewrite the key from the database."""
+    tracked, _, _ = svc.sessions.tracked(conversation.session_id)
+    tracked_id = tracked.get("conversation_id")
+    if tracked_id == conversation.id:
+        return
+    log.warning(
+        "session key disagrees with the message's conversation: repairing from the database",
+        extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
+               "tracked_conversation_id": tracked_id, "proc": process_name("worker")},
+    )
+    svc.sessions.repair(conversation.session_id, conversation)
+
+
+def _history(db, conversation_id: str, upto_message_id: int) -> list[Turn]:
+    rows = db.scalars(
+        select(Message)
+        .where(
+            Message.conversation_id == conversation_id,
+            or_(
+                (Message.role == MessageRole.USER) & (Message.id <= upto_message_id),
+                (Message.role == MessageRole.ASSISTANT) & (Message.reply_to < upto_message_id),
+            ),
+        )
+        .order_by(Message.id)
+    ).all()
+    return [Turn(m.role, m.content) for m in rows]
+
+
+def _answer(svc: Services, agent, conversation: Conversation, user_message_id: int) -> bool:
+    """Attach one reply to `user_message_id`. False if a reply was already there."""
+    with svc.db.session() as db:
+        if db.scalar(select(Message.id).where(Message.reply_to == user_message_id)) is not None:
+            _mark_answered(svc, user_message_id)
+            return False
+        history = _history(db, conversation.id, user_message_id)
+    text = agent.reply(conversation.id, history)
+    now = utcnow()
+    try:
+        with svc.db.write() as db:
+            live = db.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation.id, Conversation.deleted_at.is_(None))
+                .values(message_count=Conversation.message_count + 1, updated_at=now)
+            ).rowcount
+            if not live:
+                # Deleted while the agent was thinking: a deleted conversation stays deleted.
+                return False
+            db.add(Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
+                           status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now))
+            db.execute(update(Message).where(Message.id == user_message_id)
+                       .values(status=MessageStatus.ANSWERED))
+    except IntegrityError:
+        log.info("reply already attached by another run", extra={"message_id": user_message_id,
+                                                                  "conversation_id": conversation.id})
+        _mark_answered(svc, user_message_id)
+        return False
+    log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
+                                      "session_id": conversation.session_id,
+                                      "proc": process_name("worker")})
+    return True
+
+
+def _mark_answered(svc: Services, user_message_id: int) -> None:
+    with svc.db.write() as db:
+        db.execute(update(Message).where(Message.id == user_message_id,
+                                         Message.status != MessageStatus.ANSWERED)
+                   .values(status=MessageStatus.ANSWERED))
+
+
+def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
+    """RQ failure callback: runs after every failed attempt; acts only after the last one."""
+    if job.should_retry:
+        return
+    message_id = job.args[0]
+    with services().db.write() as db:
+        changed = db.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
+            .values(status=MessageStatus.FAILED)
+        ).rowcount
+    log.error("reply failed for good: message marked failed",
+              extra={"message_id": message_id, "job_id": job.id, "changed": changed,
+                     "error": exc_type.__name__ if exc_type else None})
