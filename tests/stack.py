@@ -1,0 +1,113 @@
+"""The real stack as separate OS processes, for tests whose claim is about processes:
+gunicorn (several workers and threads) and stock `rq worker` processes, against a RedisServer and
+a database the test owns. Every process started here is stopped by `close()`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.servers import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def stack_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        ARZANI_SECRET_KEY="stack-test-secret",
+        ARZANI_QUEUE="arzani",
+        ARZANI_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Stack:
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path, **env: str):
+        self.env = stack_env(redis_url, database_url, **env)
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.port: int | None = None
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start_web(self, workers: int = 4, threads: int = 4) -> str:
+        self.port = free_port()
+        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--threads", str(threads),
+                            "--bind", f"127.0.0.1:{self.port}", "app:create_app()"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                status, _ = self.request("GET", "/readyz")
+                if status == 200:
+                    return self.url
+            except OSError:
+                pass
+            if self.processes["web"].poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("gunicorn did not become ready:\n" + self.log("web"))
+
+    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
+        return self._spawn(name, [str(BIN / "rq"), "worker", "--url", self.env["REDIS_URL"],
+                                  "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
+                                  *extra, "arzani"])
+
+    def run_burst_worker(self, timeout: float = 120) -> None:
+        """A stock `rq worker --burst`: runs what is queued, then exits."""
+        process = self.start_worker(f"burst-{time.monotonic_ns()}", "--burst")
+        process.wait(timeout)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                token: str | None = None) -> tuple[int, dict | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+        finally:
+            conn.close()

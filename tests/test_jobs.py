@@ -1,0 +1,127 @@
+"""Reply jobs: exactly one reply, in order, in the message's conversation, failures visible."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from sqlalchemy import func, select
+
+from app import keys
+from app.models import Message
+from workers import agents, jobs
+
+
+def sid() -> str:
+    return uuid.uuid4().hex
+
+
+def assistant_count(services, conversation_id) -> int:
+    with services.db.session() as db:
+        return db.scalar(select(func.count()).where(Message.conversation_id == conversation_id,
+                                                    Message.role == "assistant"))
+
+
+def test_a_job_that_runs_twice_leaves_one_reply(api, services, run_jobs):
+    posted = api.send(sid(), "once please").json
+    run_jobs()
+    again = jobs.reply(posted["message"]["id"])  # a retry, or a horse that outlived its parent
+    assert again["attached_for"] == []
+    assert assistant_count(services, posted["conversation_id"]) == 1
+
+
+def test_two_concurrent_runs_of_one_job_leave_one_reply(api, services, monkeypatch):
+    posted = api.send(sid(), "race me").json
+    both_generated = threading.Barrier(2)
+
+    class SlowEcho(agents.EchoAgent):
+        def reply(self, conversation_id, history):
+            text = super().reply(conversation_id, history)
+            both_generated.wait(10)  # both runs have a reply in hand before either attaches it
+            return text
+
+    monkeypatch.setattr(jobs, "make_agent", lambda settings: SlowEcho())
+    outcomes = []
+    runs = [threading.Thread(target=lambda: outcomes.append(jobs.reply(posted["message"]["id"])))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(30)
+    assert sorted(len(o["attached_for"]) for o in outcomes) == [0, 1]
+    assert assistant_count(services, posted["conversation_id"]) == 1
+    conversation = api.get(f"/api/conversations/{posted['conversation_id']}").json
+    assert conversation["messages"][0]["status"] == "answered"
+
+
+def test_replies_are_attached_in_the_order_of_the_user_messages(api, services):
+    session_id = sid()
+    ids = [api.send(session_id, f"question {n}").json["message"]["id"] for n in (1, 2, 3)]
+    result = jobs.reply(ids[2])  # the last message's job runs first
+    assert result["attached_for"] == ids
+    assert jobs.reply(ids[0])["attached_for"] == []
+    conversation_id = result["conversation_id"]
+    with services.db.session() as db:
+        replies = db.scalars(select(Message).where(Message.conversation_id == conversation_id,
+                                                   Message.role == "assistant")
+                             .order_by(Message.id)).all()
+    assert [r.reply_to for r in replies] == ids
+    assert "message 3 of this chat" in replies[2].content
+    assert 'first was "question 1"' in replies[2].content
+
+
+def test_a_reply_given_up_on_is_visibly_failed(api, services, run_jobs, monkeypatch):
+    class Broken:
+        def reply(self, conversation_id, history):
+            raise agents.AgentError("the model is down")
+
+    monkeypatch.setattr(jobs, "make_agent", lambda settings: Broken())
+    object.__setattr__(services.settings, "reply_retries", 0)  # the first failure is the last
+    posted = api.send(sid(), "anyone there?").json
+    run_jobs()
+    message = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"][0]
+    assert message["status"] == "failed"
+    assert assistant_count(services, posted["conversation_id"]) == 0
+
+
+def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jobs):
+    session_id = sid()
+    first = api.send(session_id, "before").json
+    services.redis.delete(keys.session_key(session_id))  # evicted, expired, flushed...
+    second = api.send(session_id, "after")
+    assert second.status_code == 202
+    assert second.headers["Arzani-Session-Resolution"] == "recovered"
+    assert second.json["conversation_id"] == first["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == first["conversation_id"]
+    run_jobs()
+    assert assistant_count(services, first["conversation_id"]) == 2
+
+
+def test_worker_repairs_a_session_key_that_names_another_conversation(api, services, run_jobs):
+    session_id = sid()
+    posted = api.send(session_id, "where will my reply go?").json
+    services.redis.hset(keys.session_key(session_id), "conversation_id", "some-other-conversation")
+    run_jobs()
+    assert assistant_count(services, posted["conversation_id"]) == 1
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+
+
+def test_a_stale_key_on_the_web_side_is_dropped_and_the_database_wins(api, services):
+    session_id = sid()
+    posted = api.send(session_id, "one").json
+    services.redis.hset(keys.session_key(session_id), "conversation_id", "deleted-or-foreign")
+    again = api.send(session_id, "two")
+    assert again.status_code == 202
+    assert again.json["conversation_id"] == posted["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+
+
+def test_no_reply_resurrects_a_deleted_conversation(api, services, run_jobs):
+    session_id = sid()
+    posted = api.send(session_id, "forget me").json
+    assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
+    assert services.redis.exists(keys.session_key(session_id)) == 0
+    run_jobs()
+    assert assistant_count(services, posted["conversation_id"]) == 0
+    fresh = api.send(session_id, "new start").json
+    assert fresh["conversation_id"] != posted["conversation_id"]

@@ -1,0 +1,224 @@
+"""Locks and races against a real redis-server, with real OS processes released by barriers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+
+import pytest
+import redis
+from redis.exceptions import LockNotOwnedError
+from sqlalchemy import func, select
+
+from app import keys
+from app.config import Settings
+from app.errors import StaleFence
+from app.locks import SessionLock
+from app.models import Conversation
+from app.services import Services
+
+FORK = multiprocessing.get_context("fork")
+
+
+def collect(results, children, timeout=180.0):
+    """One result per child; fails at once (not after the timeout) if a child died without one."""
+    import queue
+    import time
+
+    out, end = [], time.monotonic() + timeout
+    while len(out) < len(children):
+        try:
+            out.append(results.get(timeout=0.5))
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            assert not dead, f"child process(es) failed: {[c.exitcode for c in dead]}"
+            assert time.monotonic() < end, "children did not report in time"
+    return out
+
+
+def _hold_repeatedly(redis_url, session_id, barrier, rounds, results):
+    """Child process: take the lock `rounds` times; inside each hold, count the holders."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    barrier.wait()
+    violations, fences = 0, []
+    done = 0
+    while done < rounds:
+        lock = SessionLock(client, session_id, lock_ttl_ms=5000, fence_ttl_ms=60_000)
+        if not lock.acquire():
+            continue
+        if client.incr("test:holders") != 1:
+            violations += 1
+        fences.append(lock.fence)
+        client.decr("test:holders")
+        lock.release()
+        done += 1
+    results.put((violations, fences))
+
+
+def test_no_two_processes_hold_the_lock_at_once(redis_url):
+    processes, rounds = 24, 10
+    barrier = FORK.Barrier(processes)
+    results = FORK.Queue()
+    children = [FORK.Process(target=_hold_repeatedly, args=(redis_url, "no-overlap-1", barrier, rounds, results))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    outcomes = collect(results, children)
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    assert sum(v for v, _ in outcomes) == 0
+    fences = [f for _, fs in outcomes for f in fs]
+    assert len(fences) == processes * rounds
+    assert sorted(fences) == list(range(1, processes * rounds + 1))  # one fence per acquisition
+
+
+def _race_first_messages(settings, user_id, session_ids, barrier, threads, results):
+    """Child process: `threads` threads resolve each session at the same instant."""
+    services = Services(settings)
+    seen = []
+
+    def racer():
+        for session_id in session_ids:
+            barrier.wait()
+            resolved = services.sessions.resolve(session_id, user_id)
+            seen.append((session_id, resolved.conversation_id, resolved.how))
+
+    workers = [threading.Thread(target=racer) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    results.put(seen)
+
+
+def test_racing_processes_and_threads_get_one_conversation_per_session(services, settings):
+    from app.auth import create_api_user
+
+    user, _ = create_api_user(services, "racer")
+    processes, threads = 4, 4
+    session_ids = [uuid.uuid4().hex for _ in range(12)]
+    barrier = FORK.Barrier(processes * threads)
+    results = FORK.Queue()
+    children = [FORK.Process(target=_race_first_messages,
+                             args=(settings, user.id, session_ids, barrier, threads, results))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    seen = [row for rows in collect(results, children) for row in rows]
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+
+    assert len(seen) == processes * threads * len(session_ids)
+    for session_id in session_ids:
+        rows = [r for r in seen if r[0] == session_id]
+        assert len({cid for _, cid, _ in rows}) == 1, rows
+        assert [how for _, _, how in rows].count("created") == 1
+    with services.db.session() as db:
+        per_session = db.execute(
+            select(Conversation.session_id, func.count()).group_by(Conversation.session_id)
+        ).all()
+    assert sorted(per_session) == sorted((s, 1) for s in session_ids)
+    for session_id in session_ids:
+        tracked = services.redis.hgetall(keys.session_key(session_id))
+        assert tracked["conversation_id"] == next(r[1] for r in seen if r[0] == session_id)
+        assert int(services.redis.get(keys.fence_key(session_id))) >= 1
+
+
+def _wait_until(predicate, timeout=10.0):
+    """Wait for a condition the test can observe (not for time to pass)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_loser_waits_for_the_holder_and_takes_its_conversation(services, api):
+    session_id = uuid.uuid4().hex
+    holder = SessionLock(services.redis, session_id, 5000, 60_000)
+    assert holder.acquire()
+    outcome = {}
+    waiter = threading.Thread(
+        target=lambda: outcome.update(r=services.sessions.resolve(session_id, api.user_id)))
+    waiter.start()
+    channel = keys.released_channel(session_id)
+    _wait_until(lambda: services.redis.pubsub_numsub(channel)[0][1] == 1)  # it is listening
+    with services.db.write() as db:
+        conversation = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:test:1")
+        db.add(conversation)
+    assert holder.commit_session(conversation_id=conversation.id, user_id=api.user_id,
+                                 created_by="web:test:1", created_at_ms=1, now_ms=2,
+                                 session_ttl_ms=60_000)
+    waiter.join(10)
+    assert outcome["r"].conversation_id == conversation.id
+    assert outcome["r"].how == "waited"
+    assert services.redis.exists(keys.lock_key(session_id)) == 0
+
+
+def test_a_dead_holder_is_taken_over_after_its_lock_expires(services, api):
+    session_id = uuid.uuid4().hex
+    dead = SessionLock(services.redis, session_id, lock_ttl_ms=300, fence_ttl_ms=60_000)
+    assert dead.acquire()  # and never released: its process "died"
+    resolved = services.sessions.resolve(session_id, api.user_id)
+    assert resolved.how == "created"
+    assert int(services.redis.get(keys.fence_key(session_id))) == 2
+    with services.db.session() as db:
+        assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
+
+
+def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api):
+    session_id = uuid.uuid4().hex
+    stalled = SessionLock(services.redis, session_id, lock_ttl_ms=200, fence_ttl_ms=60_000)
+    assert stalled.acquire()
+    _wait_until(lambda: services.redis.pttl(keys.lock_key(session_id)) == -2)  # expired mid-"pause"
+    newer = SessionLock(services.redis, session_id, lock_ttl_ms=5000, fence_ttl_ms=60_000)
+    assert newer.acquire()
+    assert (stalled.fence, newer.fence) == (1, 2)
+
+    # The stalled holder wakes up: the fence check stops it from creating a conversation...
+    with pytest.raises(StaleFence):
+        services.sessions._find_or_create(stalled, session_id, api.user_id)
+    # ...its session hash write is refused, and its release leaves the new owner's lock alone.
+    assert not stalled.commit_session(conversation_id="stale", user_id=api.user_id, created_by="x",
+                                      created_at_ms=1, now_ms=1, session_ttl_ms=60_000)
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") is None
+    assert services.redis.get(keys.lock_key(session_id)) == newer.local.token.decode()
+    with pytest.raises(LockNotOwnedError):
+        stalled.acquire()
+        stalled.local.token = b"not-the-owner"
+        stalled.release()
+    assert services.redis.get(keys.lock_key(session_id)) == newer.local.token.decode()
+
+    conversation, how = services.sessions._find_or_create(newer, session_id, api.user_id)
+    assert how == "created"
+    assert newer.commit_session(conversation_id=conversation.id, user_id=api.user_id,
+                                created_by=conversation.created_by, created_at_ms=1, now_ms=1,
+                                session_ttl_ms=60_000)
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == conversation.id
+
+
+def test_unique_constraint_is_the_last_guard(services, api):
+    """A row written behind the lock's back (a stale holder that got past its fence check): the
+    next resolution uses it, and the database refuses a second live one."""
+    from sqlalchemy.exc import IntegrityError
+
+    session_id = uuid.uuid4().hex
+    with services.db.write() as db:
+        db.add(Conversation(id="c-behind-the-lock", session_id=session_id, user_id=api.user_id,
+                            created_by="web:elsewhere:1"))
+    with pytest.raises(IntegrityError), services.db.write() as db:
+        db.add(Conversation(session_id=session_id, user_id=api.user_id, created_by="web:twin:2"))
+    resolved = services.sessions.resolve(session_id, api.user_id)
+    assert (resolved.conversation_id, resolved.how) == ("c-behind-the-lock", "recovered")
+
+
+def test_settings_lock_ttl_reaches_the_lock(services, settings: Settings):
+    session_id = uuid.uuid4().hex
+    lock = SessionLock(services.redis, session_id, settings.lock_ttl_ms, 60_000)
+    assert lock.acquire()
+    assert 0 < services.redis.pttl(keys.lock_key(session_id)) <= settings.lock_ttl_ms
+    lock.release()
