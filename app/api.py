@@ -98,7 +98,7 @@ def post_message(session_id: str):
 @bp.get("/sessions/<session_id>")
 def session_status(session_id: str):
     session_id = _session_id(session_id)
-    return jsonify(conversations.session_status(services(), _user_id(), session_id))
+    return jsonify(conversations.session_status(services(), session_id, _user_id()))
 
 
 @bp.get("/conversations")

@@ -319,15 +319,18 @@ def pending_replies(db: Session, conversation_id: str) -> int:
     )
 
 
-def session_status(services: Services, user_id: int, session_id: str) -> dict:
-    """What Redis and the database each believe about a session, and whether they agree."""
+def session_status(services: Services, session_id: str, user_id: int | None = None) -> dict:
+    """What Redis and the database each believe about a session, and whether they agree.
+
+    With `user_id`, a session of another user (or of nobody) is NotFound; operators pass None.
+    """
     tracked, ttl_ms, lock_ttl_ms = services.sessions.tracked(session_id)
     with services.db.session() as db:
         rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
         owners = {row.user_id for row in rows}
         if tracked.get("user_id"):
             owners.add(int(tracked["user_id"]))
-        if owners != {user_id}:
+        if user_id is not None and owners != {user_id}:
             raise NotFound("session not found")
         live = next((row for row in rows if row.deleted_at is None), None)
         pending = pending_replies(db, live.id) if live else 0

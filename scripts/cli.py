@@ -22,17 +22,32 @@ class Context:
     @property
     def services(self) -> Services:
         if self._services is None:
-            try:
-                self._services = Services(Settings.from_env(), process_kind="cli")
-            except ArzaniError as exc:
-                raise click.ClickException(exc.message) from None
+            self._services = Services(Settings.from_env(), process_kind="cli")
         return self._services
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 
-@click.group()
+class ArzaniGroup(click.Group):
+    """Turns the service's own errors and an unreachable Redis or database into one clear line
+    and exit status 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except ArzaniError as exc:
+            raise click.ClickException(exc.message) from None
+        except RedisConnectionError as exc:
+            raise click.ClickException(f"Redis is unavailable: {exc}") from None
+        except OperationalError as exc:
+            raise click.ClickException(f"the database is unavailable: {exc.orig}") from None
+
+
+@click.group(cls=ArzaniGroup)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Arzani-X conversation service: operator commands."""
@@ -70,9 +85,66 @@ def users_create(ctx: Context, name: str) -> None:
     click.echo(token)
 
 
+@cli.group()
+def sessions() -> None:
+    """Chat sessions: what Redis tracks and what the database holds."""
+
+
+@sessions.command("list")
+@click.option("--limit", default=50, show_default=True, help="at most this many sessions")
+@click.option("--inconsistent", is_flag=True, help="only sessions whose Redis key and database disagree")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@pass_context
+def sessions_list(ctx: Context, limit: int, inconsistent: bool, as_json: bool) -> None:
+    """Sessions tracked in Redis, then live conversations whose session has no key, newest first."""
+    from app.conversations import session_status
+    from app.operations import known_session_ids
+
+    shown = 0
+    if not as_json:
+        click.echo(f"{'SESSION':<36} {'CONVERSATION':<36} {'TRACKED':<8} {'TTL_S':>8} {'PENDING':>7} STATE")
+    for session_id in known_session_ids(ctx.services):
+        status = session_status(ctx.services, session_id)
+        if inconsistent and status["consistent"]:
+            continue
+        if as_json:
+            click.echo(json.dumps(status))
+        else:
+            tracked = status["tracked"]
+            ttl = tracked["ttl_ms"] // 1000 if tracked["ttl_ms"] is not None else "-"
+            state = "ok" if status["consistent"] else "MISMATCH"
+            click.echo(f"{session_id:<36} {status['conversation_id'] or '-':<36} "
+                       f"{'yes' if tracked['conversation_id'] else 'no':<8} {ttl:>8} "
+                       f"{status['pending_replies']:>7} {state}")
+        shown += 1
+        if shown >= limit:
+            break
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@pass_context
+def sessions_show(ctx: Context, session_id: str) -> None:
+    """What GET /api/sessions/SID shows, for any user, plus the fence counter."""
+    from app import keys
+    from app.conversations import session_status
+
+    if not keys.is_valid_session_id(session_id):
+        raise click.BadParameter("session ids match ^[A-Za-z0-9_-]{8,128}$", param_hint="SESSION_ID")
+    status = session_status(ctx.services, session_id)
+    fence = ctx.services.redis.get(keys.fence_key(session_id))
+    status["fence"] = int(fence) if fence is not None else None
+    _dump(status)
+
+
 def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative
     sys.exit(cli())
+
+
+from scripts.devstack import run  # noqa: E402  (commands live in their own modules)
+
+cli.add_command(run)
