@@ -99,7 +99,14 @@ class Stack:
 
     def request(self, method: str, path: str, body: dict | None = None,
                 token: str | None = None) -> tuple[int, dict | None]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        status, _, payload = self.exchange(method, path, body, token)
+        return status, payload
+
+    def exchange(self, method: str, path: str, body: dict | None = None, token: str | None = None,
+                 conn: http.client.HTTPConnection | None = None) -> tuple[int, dict, dict | None]:
+        """(status, headers, JSON body); pass `conn` to reuse a keep-alive connection."""
+        own = conn is None
+        conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -108,6 +115,17 @@ class Stack:
                          headers=headers)
             response = conn.getresponse()
             raw = response.read()
-            return response.status, json.loads(raw) if raw else None
+            return response.status, dict(response.getheaders()), json.loads(raw) if raw else None
         finally:
-            conn.close()
+            if own:
+                conn.close()
+
+    def create_user(self, name: str) -> str:
+        """`arzani users create NAME` as an operator would run it; returns the token."""
+        out = subprocess.run([str(BIN / "arzani"), "users", "create", name], env=self.env,
+                             check=True, capture_output=True, text=True).stdout
+        return out.strip().splitlines()[-1]
+
+    def init_db(self) -> None:
+        subprocess.run([str(BIN / "arzani"), "db", "init"], env=self.env, check=True,
+                       capture_output=True)
