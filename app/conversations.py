@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from redis.exceptions import RedisError
 from rq import Callback, Retry
 from rq.exceptions import DuplicateJobError
 from sqlalchemy import and_, func, or_, select, update
@@ -113,9 +114,13 @@ def post_message(
                                        content, client_message_id)
     if message is None:
         existing = _find_by_client_id(services, resolved.conversation_id, client_message_id)
+        if existing.status == MessageStatus.PENDING:
+            # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
+            # job id, so this costs one round trip and never makes a second job.
+            _enqueue_or_leave_to_sweeper(services, existing.id)
         return PostedMessage(session_id, resolved.conversation_id, message_json(existing),
                              reply_job_id(existing.id), False, resolved.how)
-    job_id = enqueue_reply(services, message.id)
+    job_id = _enqueue_or_leave_to_sweeper(services, message.id)
     return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
                          resolved.how)
 
@@ -185,6 +190,17 @@ def _find_by_client_id(services: Services, conversation_id: str, client_message_
                 Message.client_message_id == client_message_id,
             )
         ).one()
+
+
+def _enqueue_or_leave_to_sweeper(services: Services, message_id: int) -> str:
+    """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
+    the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
+    try:
+        return enqueue_reply(services, message_id)
+    except RedisError as exc:
+        log.error("reply enqueue failed; the sweeper will enqueue it",
+                  extra={"message_id": message_id, "error": repr(exc)})
+        return reply_job_id(message_id)
 
 
 def enqueue_reply(services: Services, message_id: int) -> str:

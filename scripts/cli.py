@@ -137,6 +137,18 @@ def sessions_show(ctx: Context, session_id: str) -> None:
     _dump(status)
 
 
+@cli.command("sweep")
+@click.option("--older-than", "older_than_s", default=60, show_default=True,
+              help="seconds a user message may stay pending before it is enqueued again")
+@pass_context
+def sweep(ctx: Context, older_than_s: int) -> None:
+    """Enqueue again the reply jobs of user messages stranded in `pending`."""
+    from workers.maintenance import sweep_pending
+
+    requeued = sweep_pending(ctx.services, older_than_s)
+    click.echo(f"requeued {len(requeued)} reply job(s)" + (f": {requeued}" if requeued else ""))
+
+
 def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

@@ -131,9 +131,14 @@ def run(web_processes: int, worker_count: int) -> None:
 
         procfile = parse_procfile(PROCFILE.read_text())
         manager = Manager(Printer(sys.stdout))
-        manager.add_process("web", procfile.processes["web"], env=env)
-        for n in range(1, worker_count + 1):
-            manager.add_process(f"worker.{n}", procfile.processes["worker"], env=env)
+        for name, command in procfile.processes.items():
+            if name == "release":
+                continue  # done above, in-process
+            if name == "worker":
+                for n in range(1, worker_count + 1):
+                    manager.add_process(f"worker.{n}", command, env=env)
+            else:
+                manager.add_process(name, command, env=env)  # web; cron (exactly one)
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
         click.echo(f"Redis: {env['REDIS_URL']}   (redis-cli -u {env['REDIS_URL']})")

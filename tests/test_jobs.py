@@ -125,3 +125,38 @@ def test_no_reply_resurrects_a_deleted_conversation(api, services, run_jobs):
     assert assistant_count(services, posted["conversation_id"]) == 0
     fresh = api.send(session_id, "new start").json
     assert fresh["conversation_id"] != posted["conversation_id"]
+
+
+def test_a_failed_enqueue_still_answers_202_and_the_sweeper_recovers_it(api, services, run_jobs,
+                                                                         monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.maintenance import sweep_pending
+
+    def refuse(*args, **kwargs):
+        raise RedisConnectionError("Redis went away between commit and enqueue")
+
+    monkeypatch.setattr(services.queue, "enqueue", refuse)
+    posted = api.send(sid(), "stored but not enqueued")
+    assert posted.status_code == 202  # committed: a 503 now would invite a duplicate
+    assert services.queue.count == 0
+    monkeypatch.undo()
+
+    assert sweep_pending(services, older_than_s=3600) == []  # not old enough yet
+    assert sweep_pending(services, older_than_s=0) == [posted.json["message"]["id"]]
+    assert sweep_pending(services, older_than_s=0) == []  # its job is queued now: left alone
+    run_jobs()
+    conversation = api.get(f"/api/conversations/{posted.json['conversation_id']}").json
+    assert [m["status"] for m in conversation["messages"]] == ["answered", "complete"]
+
+
+def test_a_client_retry_enqueues_a_job_that_was_lost(api, services, run_jobs):
+    session_id = sid()
+    first = api.send(session_id, "hello?", client_message_id="retry-1").json
+    services.queue.empty()  # the job was lost (say, Redis restarted)
+    services.rq_redis.delete(f"rq:job:{first['job_id']}")
+    again = api.send(session_id, "hello?", client_message_id="retry-1")
+    assert again.status_code == 200 and again.json["message"]["id"] == first["message"]["id"]
+    assert services.queue.get_job_ids() == [first["job_id"]]
+    run_jobs()
+    assert api.get(f"/api/conversations/{first['conversation_id']}").json["messages"][0]["status"] == "answered"

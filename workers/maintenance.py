@@ -1,0 +1,70 @@
+"""Maintenance jobs: the sweeper that makes "accepted" mean "answered or visibly failed".
+
+A user message is committed before its job is enqueued. If the enqueue fails (Redis down for a
+moment), or the queued job is lost (Redis restarted empty), the message would wait forever. The
+sweeper finds user messages still `pending` after a threshold whose reply job is not queued,
+scheduled or running, and enqueues it again (same job id, so never twice at once).
+Run by `rq cron workers.cron` (see Procfile) and by `arzani sweep`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlalchemy import select
+
+from app.conversations import enqueue_reply, reply_job_id
+from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from app.services import Services
+
+log = logging.getLogger("arzani.maintenance")
+
+DEFAULT_SWEEP_AFTER_S = 60
+"""A pending message older than this with no live job is enqueued again."""
+
+_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def sweep_pending(services: Services, older_than_s: int = DEFAULT_SWEEP_AFTER_S,
+                  limit: int = 1000) -> list[int]:
+    """Enqueue again the reply jobs of stranded pending messages; returns their message ids."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with services.db.session() as db:
+        stranded = db.scalars(
+            select(Message.id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(
+                Message.role == MessageRole.USER,
+                Message.status == MessageStatus.PENDING,
+                Message.created_at <= cutoff,
+                Conversation.deleted_at.is_(None),
+            )
+            .order_by(Message.id)
+            .limit(limit)
+        ).all()
+    requeued = []
+    for message_id in stranded:
+        try:
+            job = Job.fetch(reply_job_id(message_id), connection=services.rq_redis)
+        except NoSuchJobError:
+            job = None
+        if job is not None:
+            if job.get_status(refresh=False) in _ALIVE:
+                continue
+            job.delete()  # finished or failed, yet the message is pending: give it a fresh run
+        enqueue_reply(services, message_id)
+        requeued.append(message_id)
+    if requeued:
+        log.warning("stranded pending messages enqueued again",
+                    extra={"count": len(requeued), "message_ids": requeued[:20]})
+    return requeued
+
+
+def sweep_job(older_than_s: int = DEFAULT_SWEEP_AFTER_S) -> dict:
+    """The RQ job form of `sweep_pending`, for `rq cron` (workers/cron.py)."""
+    from workers.jobs import services
+
+    return {"requeued": sweep_pending(services(), older_than_s)}
