@@ -1,13 +1,17 @@
-"""Operator-side queries over all sessions (used by `arzani sessions ...`)."""
+"""Operator-side work over all sessions: listing, reconciling Redis with the database, cleanup
+(used by `arzani sessions`, `arzani reconcile`, `arzani cleanup` and the maintenance schedule)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from app import keys
-from app.models import Conversation
+from app.models import Conversation, Message, MessageRole, utcnow
 from app.services import Services
 
 
@@ -30,3 +34,137 @@ def known_session_ids(services: Services, scan_count: int = 500) -> Iterator[str
             if session_id not in seen:
                 seen.add(session_id)
                 yield session_id
+
+
+# -- reconcile ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    kind: str  # "key_mismatch" | "key_dangling" | "untracked" | "duplicate_conversations"
+    session_id: str
+    detail: str
+    fixed: bool = False
+
+    def line(self) -> str:
+        return f"{'FIXED ' if self.fixed else ''}{self.kind:<24} {self.session_id}  {self.detail}"
+
+
+def reconcile(services: Services, *, fix: bool) -> list[Finding]:
+    """Find (and with `fix`, repair) every way Redis and the database disagree.
+
+    - duplicate live conversations of one session (legacy data, or a database written without
+      the unique index): merged into the oldest, messages moved in order;
+    - a key naming a conversation that is not the session's live one (`key_mismatch`) or that
+      does not exist at all (`key_dangling`): rewritten from the database, or dropped;
+    - a live conversation active within the session TTL whose key is gone (`untracked`): rebuilt.
+    The database is authoritative throughout.
+    """
+    findings = _merge_duplicates(services, fix=fix)
+    ttl_window = timedelta(milliseconds=services.sessions.session_ttl_ms)
+    for session_id in known_session_ids(services):
+        tracked, _, _ = services.sessions.tracked(session_id)
+        tracked_id = tracked.get("conversation_id")
+        with services.db.session() as db:
+            live = db.scalars(select(Conversation).where(
+                Conversation.session_id == session_id, Conversation.deleted_at.is_(None))
+                .order_by(Conversation.created_at)).first()
+        if tracked_id == (live.id if live else None):
+            continue
+        if live is None:
+            finding = Finding("key_dangling", session_id, f"key names {tracked_id}, no live conversation")
+            if fix:
+                finding.fixed = services.sessions.forget(session_id, tracked_id)
+        elif tracked_id is None:
+            if utcnow() - live.updated_at > ttl_window:
+                continue  # expired as designed: the next message rebuilds it
+            finding = Finding("untracked", session_id, f"live conversation {live.id} has no key")
+            if fix:
+                finding.fixed = services.sessions.repair(session_id, live)
+        else:
+            finding = Finding("key_mismatch", session_id, f"key names {tracked_id}, database {live.id}")
+            if fix:
+                finding.fixed = services.sessions.repair(session_id, live)
+        findings.append(finding)
+    return findings
+
+
+def _merge_duplicates(services: Services, *, fix: bool) -> list[Finding]:
+    with services.db.session() as db:
+        duplicated = db.scalars(
+            select(Conversation.session_id)
+            .where(Conversation.deleted_at.is_(None))
+            .group_by(Conversation.session_id)
+            .having(func.count() > 1)
+        ).all()
+    findings = []
+    for session_id in duplicated:
+        with services.db.write() as db:
+            live = db.scalars(select(Conversation).where(
+                Conversation.session_id == session_id, Conversation.deleted_at.is_(None))
+                .order_by(Conversation.created_at, Conversation.id)).all()
+            keep, extras = live[0], live[1:]
+            finding = Finding("duplicate_conversations", session_id,
+                              f"{len(live)} live conversations; keeping {keep.id}, merging "
+                              + ", ".join(c.id for c in extras))
+            if fix:
+                _merge_into(db, keep, extras)
+                finding.fixed = True
+        findings.append(finding)
+        if fix:
+            with services.db.session() as db:
+                services.sessions.repair(session_id, db.get(Conversation, keep.id))
+    return findings
+
+
+def _merge_into(db: Session, keep: Conversation, extras: list[Conversation]) -> None:
+    """Move the extras' messages into `keep` (message ids keep their order, and a reply moves
+    with its message), then retire the extras as deleted."""
+    extra_ids = [c.id for c in extras]
+    taken = set(db.scalars(select(Message.client_message_id).where(
+        Message.conversation_id == keep.id, Message.client_message_id.is_not(None))).all())
+    for message in db.scalars(select(Message).where(Message.conversation_id.in_(extra_ids))
+                              .order_by(Message.id)).all():
+        if message.client_message_id in taken:
+            message.client_message_id = None  # the (conversation, client id) pair must stay unique
+        elif message.client_message_id is not None:
+            taken.add(message.client_message_id)
+        message.conversation_id = keep.id
+    now = utcnow()
+    for conversation in extras:
+        conversation.deleted_at = now
+        conversation.message_count = 0
+    db.flush()
+    keep.message_count = db.scalar(select(func.count()).where(Message.conversation_id == keep.id))
+    keep.updated_at = max([keep.updated_at, *(c.updated_at for c in extras)])
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+
+
+def cleanup(services: Services, *, older_than: timedelta, dry_run: bool) -> list[str]:
+    """Remove orphaned conversations (no user message, older than `older_than`) and Redis
+    leftovers no owner will ever clear (a lock or fence without a TTL). Returns what it removed
+    (or would remove)."""
+    removed = []
+    cutoff = utcnow() - older_than
+    has_user_message = (select(Message.id).where(Message.conversation_id == Conversation.id,
+                                                 Message.role == MessageRole.USER).exists())
+    with services.db.write() as db:
+        orphans = db.scalars(select(Conversation).where(
+            Conversation.created_at <= cutoff, ~has_user_message)).all()
+        for conversation in orphans:
+            removed.append(f"conversation {conversation.id} (session {conversation.session_id}, "
+                           f"no user message, created {conversation.created_at.isoformat()})")
+            if not dry_run:
+                db.execute(delete(Message).where(Message.conversation_id == conversation.id))
+                db.delete(conversation)
+    if not dry_run:
+        for conversation in orphans:
+            services.sessions.forget(conversation.session_id, conversation.id)
+    for key in services.redis.scan_iter(match=f"{keys.PREFIX}*", count=500):
+        if key.endswith((":lock", ":fence")) and services.redis.pttl(key) == -1:
+            removed.append(f"redis key {key} (no TTL: nothing would ever clear it)")
+            if not dry_run:
+                services.redis.delete(key)
+    return removed

@@ -149,6 +149,58 @@ def sweep(ctx: Context, older_than_s: int) -> None:
     click.echo(f"requeued {len(requeued)} reply job(s)" + (f": {requeued}" if requeued else ""))
 
 
+class Duration(click.ParamType):
+    """`90`, `90s`, `15m`, `2h`, `7d` -> timedelta."""
+
+    name = "duration"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value, param, ctx):
+        from datetime import timedelta
+
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = text[-1] if text and text[-1] in self._UNITS else "s"
+        number = text[:-1] if text and text[-1] in self._UNITS else text
+        if not number.isdigit():
+            self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 7d", param, ctx)
+        return timedelta(seconds=int(number) * self._UNITS[unit])
+
+
+@cli.command("reconcile")
+@click.option("--fix", is_flag=True, help="repair what it finds (the database wins)")
+@pass_context
+def reconcile(ctx: Context, fix: bool) -> None:
+    """Find sessions whose Redis key and database disagree, and sessions with several live
+    conversations; with --fix, rebuild Redis from the database and merge duplicates into the
+    oldest. Exit status 1 if something was found and not fixed."""
+    from app.operations import reconcile as run_reconcile
+
+    findings = run_reconcile(ctx.services, fix=fix)
+    for finding in findings:
+        click.echo(finding.line())
+    unfixed = [f for f in findings if not f.fixed]
+    click.echo(f"{len(findings)} finding(s), {len(findings) - len(unfixed)} fixed")
+    if unfixed:
+        sys.exit(1)
+
+
+@cli.command("cleanup")
+@click.option("--older-than", type=Duration(), default="1d", show_default=True,
+              help="only conversations created before this long ago")
+@click.option("--dry-run", is_flag=True, help="print what would be removed, remove nothing")
+@pass_context
+def cleanup(ctx: Context, older_than, dry_run: bool) -> None:
+    """Remove orphaned conversations (no user message) and Redis leftovers without a TTL."""
+    from app.operations import cleanup as run_cleanup
+
+    removed = run_cleanup(ctx.services, older_than=older_than, dry_run=dry_run)
+    for line in removed:
+        click.echo(("would remove " if dry_run else "removed ") + line)
+    click.echo(f"{len(removed)} item(s) {'to remove' if dry_run else 'removed'}")
+
+
 def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

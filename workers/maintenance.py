@@ -68,3 +68,25 @@ def sweep_job(older_than_s: int = DEFAULT_SWEEP_AFTER_S) -> dict:
     from workers.jobs import services
 
     return {"requeued": sweep_pending(services(), older_than_s)}
+
+
+def reconcile_job() -> dict:
+    """Scheduled `arzani reconcile --fix`."""
+    from app.operations import reconcile
+    from workers.jobs import services
+
+    findings = reconcile(services(), fix=True)
+    for finding in findings:
+        log.warning("reconcile: %s", finding.line(), extra={"session_id": finding.session_id})
+    return {"findings": len(findings), "fixed": sum(f.fixed for f in findings)}
+
+
+def cleanup_job(older_than_s: int) -> dict:
+    """Scheduled `arzani cleanup --older-than ...`."""
+    from app.operations import cleanup
+    from workers.jobs import services
+
+    removed = cleanup(services(), older_than=timedelta(seconds=older_than_s), dry_run=False)
+    for line in removed:
+        log.info("cleanup removed %s", line)
+    return {"removed": len(removed)}

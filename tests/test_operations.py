@@ -1,0 +1,123 @@
+"""`arzani reconcile` and `arzani cleanup` on data made inconsistent on purpose."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select, text
+
+from app import keys
+from app.models import Conversation, Message, utcnow
+from scripts.cli import cli
+
+
+def sid() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def arzani(settings, services):
+    env = {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
+
+    def _run(*args: str):
+        return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return _run
+
+
+def test_reconcile_repairs_keys_from_the_database(arzani, api, services):
+    mismatched, dangling, untracked, fine = sid(), sid(), sid(), sid()
+    posted = {s: api.send(s, "hello").json for s in (mismatched, dangling, untracked, fine)}
+    services.redis.hset(keys.session_key(mismatched), "conversation_id", "not-this-one")
+    api.delete(f"/api/conversations/{posted[dangling]['conversation_id']}")
+    services.redis.hset(keys.session_key(dangling), mapping={
+        "conversation_id": posted[dangling]["conversation_id"], "user_id": api.user_id})
+    services.redis.delete(keys.session_key(untracked))
+
+    report = arzani("reconcile")
+    assert report.exit_code == 1
+    kinds = {line.split()[0]: line.split()[1] for line in report.output.splitlines()[:-1]}
+    assert kinds == {"key_mismatch": mismatched, "key_dangling": dangling, "untracked": untracked}
+    assert services.redis.hget(keys.session_key(mismatched), "conversation_id") == "not-this-one"
+
+    fixed = arzani("reconcile", "--fix")
+    assert fixed.exit_code == 0, fixed.output
+    assert "3 finding(s), 3 fixed" in fixed.output
+    assert services.redis.hget(keys.session_key(mismatched), "conversation_id") == \
+        posted[mismatched]["conversation_id"]
+    assert services.redis.exists(keys.session_key(dangling)) == 0
+    assert services.redis.hget(keys.session_key(untracked), "conversation_id") == \
+        posted[untracked]["conversation_id"]
+    assert arzani("reconcile").output.strip() == "0 finding(s), 0 fixed"
+    statuses = [json.loads(line) for line in arzani("sessions", "list", "--json").output.splitlines()]
+    assert all(s["consistent"] for s in statuses)
+
+
+def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, services, run_jobs):
+    session_id = sid()
+    first = api.send(session_id, "first in the old conversation", client_message_id="dup").json
+    run_jobs()
+    # Legacy data: a database written without the unique index, where a second process made a
+    # second conversation for the same session and the chat went on there.
+    with services.db.write() as db:
+        db.execute(text("DROP INDEX uq_conversations_live_session"))
+        twin = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:legacy:9",
+                            created_at=utcnow() + timedelta(seconds=1))
+        db.add(twin)
+    services.redis.hset(keys.session_key(session_id), "conversation_id", twin.id)
+    second = api.send(session_id, "second, in the twin", client_message_id="dup").json
+    assert second["conversation_id"] == twin.id
+    run_jobs()
+
+    report = arzani("reconcile", "--fix")
+    assert report.exit_code == 0, report.output
+    assert "duplicate_conversations" in report.output
+    with services.db.session() as db:
+        live = db.scalars(select(Conversation).where(Conversation.session_id == session_id,
+                                                     Conversation.deleted_at.is_(None))).all()
+        assert [c.id for c in live] == [first["conversation_id"]]
+        messages = db.scalars(select(Message).where(Message.conversation_id == live[0].id)
+                              .order_by(Message.id)).all()
+    assert [(m.role, m.content[:6]) for m in messages] == [
+        ("user", "first "), ("assistant", "Echo: "), ("user", "second"), ("assistant", "Echo: ")]
+    assert messages[1].reply_to == messages[0].id and messages[3].reply_to == messages[2].id
+    assert live[0].message_count == 4
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == live[0].id
+    with services.db.write() as db:  # and the index can be put back: one live row per session
+        db.execute(text("CREATE UNIQUE INDEX uq_conversations_live_session ON conversations "
+                        "(session_id) WHERE deleted_at IS NULL"))
+
+
+def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api, services):
+    kept = api.send(sid(), "a real chat").json
+    orphan_session = sid()
+    with services.db.write() as db:  # a conversation whose first message never arrived
+        orphan = Conversation(session_id=orphan_session, user_id=api.user_id, created_by="web:gone:1",
+                              created_at=utcnow() - timedelta(days=2))
+        db.add(orphan)
+    services.redis.hset(keys.session_key(orphan_session), mapping={"conversation_id": orphan.id,
+                                                                   "user_id": api.user_id})
+    services.redis.set(keys.lock_key("leftover-lock"), "token-of-a-dead-process")  # no TTL
+    young_session = sid()
+    with services.db.write() as db:
+        db.add(Conversation(session_id=young_session, user_id=api.user_id, created_by="web:new:1"))
+
+    dry = arzani("cleanup", "--older-than", "1d", "--dry-run")
+    assert "would remove conversation " + orphan.id in dry.output
+    assert "2 item(s) to remove" in dry.output
+    with services.db.session() as db:
+        assert db.get(Conversation, orphan.id) is not None
+
+    done = arzani("cleanup", "--older-than", "1d")
+    assert "2 item(s) removed" in done.output, done.output
+    with services.db.session() as db:
+        assert db.get(Conversation, orphan.id) is None
+        assert db.get(Conversation, kept["conversation_id"]) is not None
+        assert db.scalar(select(func.count()).where(Conversation.session_id == young_session)) == 1
+    assert services.redis.exists(keys.session_key(orphan_session)) == 0
+    assert services.redis.exists(keys.lock_key("leftover-lock")) == 0
+    assert arzani("cleanup", "--older-than", "bogus").exit_code == 2
