@@ -1,0 +1,92 @@
+"""A small OpenAI-compatible chat completions server on loopback, for tests (no network).
+
+It can hold requests until the test releases them (`hold()`), or until `gather` requests are in
+flight at once, so a test can kill a worker mid-request or make two runs overlap for certain.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeLLM:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.arrived = threading.Condition()
+        self._release = threading.Event()
+        self._release.set()
+        self.gather = 0  # when > 0: answer nobody until this many requests are in flight
+        self.fail_next = 0  # answer this many requests with HTTP 500
+        self._in_flight = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeLLM:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self._release.set()
+        with self.arrived:
+            self.gather = 0
+            self.arrived.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def hold(self) -> None:
+        self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def wait_for_requests(self, count: int, timeout: float = 30) -> None:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.arrived:
+                    fake.requests.append(body)
+                    fake._in_flight += 1
+                    fake.arrived.notify_all()
+                    fake.arrived.wait_for(lambda: fake._in_flight >= fake.gather, timeout=60)
+                    failing = fake.fail_next > 0
+                    fake.fail_next -= 1 if failing else 0
+                fake._release.wait(120)
+                with fake.arrived:
+                    fake._in_flight -= 1
+                if failing:
+                    self._send(500, {"error": {"message": "upstream exploded"}})
+                    return
+                last = body["messages"][-1]["content"]
+                turns = len(body["messages"])
+                self._send(200, {"choices": [{"message": {"role": "assistant",
+                                                          "content": f"LLM heard {last!r} after {turns} turns"}}]})
+
+            def _send(self, status, payload):
+                raw = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the worker that asked was killed mid-request
+
+        return Handler

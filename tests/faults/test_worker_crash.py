@@ -1,0 +1,84 @@
+"""Faults 1 and 6: a worker killed with SIGKILL mid-reply, and one job running twice at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from app.models import Message
+from tests.faults.conftest import horse_of
+
+pytestmark = pytest.mark.slow
+
+
+def replies_of(services, conversation_id):
+    with services.db.session() as db:
+        return db.scalars(select(Message).where(Message.conversation_id == conversation_id,
+                                                Message.role == "assistant")).all()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Wait for an observable state (not for time to pass); fail with `what` if it never comes."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def status_of(api, conversation_id):
+    return [m["status"] for m in api.get(f"/api/conversations/{conversation_id}").json["messages"]]
+
+
+def test_a_work_horse_killed_mid_reply_is_retried_and_replies_once(api, services, workers, fake_llm):
+    worker = workers.start_worker("w1", "--with-scheduler")
+    fake_llm.hold()
+    posted = api.send(uuid.uuid4().hex, "survive the crash").json
+    fake_llm.wait_for_requests(1, timeout=60)  # the horse is inside the agent call now
+    os.kill(horse_of(worker.pid), signal.SIGKILL)
+    fake_llm.release()
+    wait_for(lambda: status_of(api, posted["conversation_id"])[0] == "answered", 60, "the retried reply")
+    assert len(replies_of(services, posted["conversation_id"])) == 1
+    assert len(fake_llm.requests) == 2  # the killed attempt and its retry
+
+
+def test_a_whole_worker_killed_mid_reply_is_recovered_by_rq_maintenance(api, services, workers, fake_llm):
+    # --job-monitoring-interval 1: the dead worker's started-registry entry expires ~61 s after
+    # its last heartbeat; the survivor's maintenance pass then retries the job. An idle worker
+    # only looks at its maintenance clock when its blocking dequeue times out (worker TTL - 15 s,
+    # 405 s by default!), hence --worker-ttl 20 beside --maintenance-interval 2.
+    doomed = workers.start_worker("doomed", "--job-monitoring-interval", "1")
+    fake_llm.hold()
+    posted = api.send(uuid.uuid4().hex, "outlive my worker").json
+    fake_llm.wait_for_requests(1, timeout=60)
+    horse = horse_of(doomed.pid)
+    os.killpg(doomed.pid, signal.SIGKILL)  # the worker, its scheduler...
+    os.kill(horse, signal.SIGKILL)  # ...and the horse (its own process group): nothing survives
+    fake_llm.release()
+    started = time.monotonic()
+    workers.start_worker("survivor", "--with-scheduler", "--maintenance-interval", "2",
+                         "--worker-ttl", "20", "--job-monitoring-interval", "1")
+    wait_for(lambda: status_of(api, posted["conversation_id"])[0] == "answered", 150,
+             "RQ to notice the dead worker and retry its job")
+    recovery_s = time.monotonic() - started
+    assert len(replies_of(services, posted["conversation_id"])) == 1
+    print(f"\nwhole-worker SIGKILL recovered in {recovery_s:.1f} s")
+
+
+def test_the_same_job_running_on_two_workers_at_once_leaves_one_reply(api, services, workers, fake_llm):
+    from app.conversations import REPLY_JOB
+
+    fake_llm.gather = 2  # neither run gets its answer until both are inside the agent call
+    workers.start_worker("w1")
+    workers.start_worker("w2")
+    posted = api.send(uuid.uuid4().hex, "duplicate delivery").json
+    # A second delivery of the same reply (what a retry racing a live horse amounts to).
+    services.queue.enqueue(REPLY_JOB, posted["message"]["id"], job_id="reply-duplicate-delivery")
+    fake_llm.wait_for_requests(2, timeout=60)
+    wait_for(lambda: services.queue.finished_job_registry.count == 2, 60, "both runs to finish")
+    assert len(replies_of(services, posted["conversation_id"])) == 1
+    assert status_of(api, posted["conversation_id"]) == ["answered", "complete"]
