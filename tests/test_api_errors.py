@@ -121,15 +121,3 @@ def test_rename_and_delete(api, services):
 def test_wrong_method_and_unknown_route_are_json(api):
     assert_error(api.client.put("/api/conversations", headers=api.headers), 405)
     assert_error(api.get("/api/nothing-here"), 404)
-
-
-def test_redis_down_is_503_and_nothing_is_stored(api, redis_server, services):
-    redis_server.stop()
-    try:
-        response = api.send(sid(), "is anyone home?")
-        assert_error(response, 503, "unavailable")
-        assert api.client.get("/readyz").status_code == 503
-        assert api.client.get("/healthz").status_code == 200
-    finally:
-        redis_server.start()
-    assert api.get("/api/conversations").json["conversations"] == []

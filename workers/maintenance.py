@@ -52,15 +52,30 @@ def sweep_pending(services: Services, older_than_s: int = DEFAULT_SWEEP_AFTER_S,
         except NoSuchJobError:
             job = None
         if job is not None:
-            if job.get_status(refresh=False) in _ALIVE:
+            if _alive(services, job):
                 continue
-            job.delete()  # finished or failed, yet the message is pending: give it a fresh run
+            job.delete()  # finished, failed or orphaned, yet the message is pending: run it afresh
         enqueue_reply(services, message_id)
         requeued.append(message_id)
     if requeued:
         log.warning("stranded pending messages enqueued again",
                     extra={"count": len(requeued), "message_ids": requeued[:20]})
     return requeued
+
+
+def _alive(services: Services, job: Job) -> bool:
+    """Will RQ run this job without our help? A `queued` job must really be in the queue (or in
+    its intermediate list, between BLMOVE and start): an enqueue whose push failed leaves a job
+    hash that says `queued` and is in no list (Redis applies the rest of a MULTI when one command
+    fails)."""
+    status = job.get_status(refresh=False)
+    if status != JobStatus.QUEUED:
+        return status in _ALIVE
+    queue = services.queue
+    pipe = services.rq_redis.pipeline(transaction=False)
+    pipe.lpos(queue.key, job.id)
+    pipe.lpos(queue.intermediate_queue_key, job.id)
+    return any(position is not None for position in pipe.execute())
 
 
 def sweep_job(older_than_s: int = DEFAULT_SWEEP_AFTER_S) -> dict:
