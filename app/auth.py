@@ -10,7 +10,7 @@ from flask import g, request, session
 from sqlalchemy import select
 
 from app.errors import Unauthorized
-from app.models import User
+from app.models import User, utcnow
 from app.services import Services
 
 COOKIE_USER_KEY = "uid"
@@ -28,6 +28,26 @@ def create_api_user(services: Services, name: str) -> tuple[User, str]:
         db.add(user)
         db.flush()
     return user, token
+
+
+def revoke_user(services: Services, name_or_id: str) -> User:
+    """Revoke by id, or by name when exactly one live user has it."""
+    from app.errors import InvalidBody, NotFound
+
+    with services.db.write() as db:
+        live = select(User).where(User.revoked_at.is_(None))
+        if name_or_id.isdigit():
+            matches = db.scalars(live.where(User.id == int(name_or_id))).all()
+        else:
+            matches = db.scalars(live.where(User.name == name_or_id)).all()
+        if not matches:
+            raise NotFound(f"no live user {name_or_id!r}")
+        if len(matches) > 1:
+            raise InvalidBody(f"{len(matches)} users are named {name_or_id!r}: revoke by id "
+                              f"({', '.join(str(u.id) for u in matches)})")
+        user = matches[0]
+        user.revoked_at = utcnow()
+    return user
 
 
 def create_web_user(services: Services) -> User:

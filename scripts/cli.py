@@ -201,6 +201,17 @@ def cleanup(ctx: Context, older_than, dry_run: bool) -> None:
     click.echo(f"{len(removed)} item(s) {'to remove' if dry_run else 'removed'}")
 
 
+@users.command("revoke")
+@click.argument("name_or_id")
+@pass_context
+def users_revoke(ctx: Context, name_or_id: str) -> None:
+    """Revoke a user's bearer token (by user id, or by name if the name is unique)."""
+    from app.auth import revoke_user
+
+    user = revoke_user(ctx.services, name_or_id)
+    click.echo(f"revoked user {user.id} ({user.name})")
+
+
 def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 

@@ -61,3 +61,30 @@ def test_a_missing_redis_url_is_a_clear_error(services):
     result = CliRunner().invoke(cli, ["sessions", "show", "abcdefgh"], env={"REDIS_URL": ""})
     assert result.exit_code == 1
     assert "REDIS_URL is not set" in result.output
+
+
+def test_users_revoke_stops_the_token_at_once(arzani, client):
+    token = arzani("users", "create", "temp").output.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/conversations", headers=headers).status_code == 200
+    assert "revoked user" in arzani("users", "revoke", "temp").output
+    response = client.get("/api/conversations", headers=headers)
+    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+    again = arzani("users", "revoke", "temp", ok=False)
+    assert again.exit_code == 1 and "no live user" in again.output
+
+
+def test_production_refuses_to_start_without_a_secret_key(monkeypatch):
+    from app import create_app
+    from app.config import Settings
+    from app.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ARZANI_SECRET_KEY is required"):
+        Settings.from_env({"ARZANI_ENV": "production", "REDIS_URL": "redis://x"})
+    monkeypatch.setenv("ARZANI_ENV", "production")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("ARZANI_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigurationError):
+        create_app()
+    monkeypatch.setenv("ARZANI_SECRET_KEY", "s3cret")
+    assert create_app().config["SESSION_COOKIE_SECURE"] is True
