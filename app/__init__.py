@@ -45,10 +45,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Servic
         app.config.from_mapping(test_config)
     app.extensions["arzani"] = services
 
-    from app import api, health, web
+    from app import api, health, openapi, web
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
     _register_error_handlers(app)
     return app

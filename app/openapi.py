@@ -1,0 +1,199 @@
+"""The OpenAPI 3 document of the HTTP API, served at /openapi.json.
+
+Written by hand from CONTRACT.md; tests/test_openapi.py checks that every route of the app is
+documented and every documented route exists, and a schemathesis run checks the answers."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+bp = Blueprint("openapi", __name__)
+
+SESSION_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,128}$"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+ERRORS = {
+    "400": _error("malformed JSON, a bad session id, a bad query parameter"),
+    "401": _error("no bearer token and no cookie, or an unknown or revoked token"),
+    "404": _error("not found, or another user's"),
+    "413": _error("content over 32 KiB, or a request body over 256 KiB"),
+    "422": _error("a JSON body of the wrong shape"),
+    "429": _error("rate limited"),
+    "503": _error("Redis or the database is unavailable"),
+}
+
+
+def _errors(*codes: str) -> dict:
+    return {code: ERRORS[code] for code in codes}
+
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Message": {
+        "type": "object",
+        "required": ["id", "conversation_id", "role", "content", "status", "reply_to", "created_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "conversation_id": {"type": "string"},
+            "role": {"type": "string", "enum": ["user", "assistant"]},
+            "content": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "answered", "failed", "complete"]},
+            "reply_to": {"type": ["integer", "null"]},
+            "created_at": TIME,
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "required": ["id", "session_id", "title", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "session_id": SESSION_ID,
+            "title": {"type": ["string", "null"]},
+            "created_at": TIME,
+            "updated_at": TIME,
+        },
+    },
+    "ConversationSummary": {
+        "allOf": [_ref("Conversation"), {
+            "type": "object",
+            "required": ["message_count", "last_message"],
+            "properties": {"message_count": {"type": "integer"},
+                           "last_message": {"oneOf": [_ref("Message"), {"type": "null"}]}},
+        }],
+    },
+    "ConversationDetail": {
+        "allOf": [_ref("Conversation"), {
+            "type": "object", "required": ["messages"],
+            "properties": {"messages": {"type": "array", "items": _ref("Message")}},
+        }],
+    },
+    "PostedMessage": {
+        "type": "object",
+        "required": ["session_id", "conversation_id", "message", "job_id"],
+        "properties": {"session_id": SESSION_ID, "conversation_id": {"type": "string"},
+                       "message": _ref("Message"), "job_id": {"type": "string"}},
+    },
+    "SessionStatus": {
+        "type": "object",
+        "required": ["session_id", "conversation_id", "tracked", "lock", "consistent", "pending_replies"],
+        "properties": {
+            "session_id": SESSION_ID,
+            "conversation_id": {"type": ["string", "null"]},
+            "tracked": {"type": "object", "required": ["key", "ttl_ms", "created_by"], "properties": {
+                "key": {"type": "string"}, "conversation_id": {"type": ["string", "null"]},
+                "ttl_ms": {"type": ["integer", "null"]}, "created_by": {"type": ["string", "null"]},
+                "last_seen_at": {"type": ["integer", "null"]}}},
+            "lock": {"type": "object", "required": ["held", "ttl_ms"], "properties": {
+                "held": {"type": "boolean"}, "ttl_ms": {"type": ["integer", "null"]}}},
+            "consistent": {"type": "boolean"},
+            "pending_replies": {"type": "integer"},
+        },
+    },
+}
+
+SID_PARAM = {"name": "session_id", "in": "path", "required": True, "schema": SESSION_ID}
+CID_PARAM = {"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+PATHS = {
+    "/api/sessions": {
+        "post": {"summary": "Mint a new session id (no conversation until the first message)",
+                 "responses": {"201": {"description": "a new session id",
+                                       **_json({"type": "object", "required": ["session_id"],
+                                                "properties": {"session_id": SESSION_ID}})},
+                               **_errors("401", "429", "503")}},
+    },
+    "/api/sessions/{session_id}/messages": {
+        "post": {
+            "summary": "Post a user message; its reply is attached later by a worker",
+            "parameters": [SID_PARAM],
+            "requestBody": {"required": True, **_json({
+                "type": "object", "required": ["content"], "additionalProperties": False,
+                "properties": {"content": {"type": "string", "minLength": 1},
+                               "client_message_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128}}})},
+            "responses": {
+                "202": {"description": "stored (committed) and its reply job enqueued",
+                        **_json(_ref("PostedMessage"))},
+                "200": {"description": "the same client_message_id again: the first answer",
+                        **_json(_ref("PostedMessage"))},
+                **_errors("400", "401", "404", "413", "422", "429", "503"),
+            },
+        },
+    },
+    "/api/sessions/{session_id}": {
+        "get": {"summary": "What Redis and the database each believe about the session",
+                "parameters": [SID_PARAM],
+                "responses": {"200": {"description": "status", **_json(_ref("SessionStatus"))},
+                              **_errors("400", "401", "404", "429", "503")}},
+    },
+    "/api/conversations": {
+        "get": {
+            "summary": "The sidebar: conversations, newest activity first",
+            "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "opaque: only a next_cursor this server returned (anything else: 400)"},
+            ],
+            "responses": {"200": {"description": "a page", **_json({
+                "type": "object", "required": ["conversations", "next_cursor"],
+                "properties": {"conversations": {"type": "array", "items": _ref("ConversationSummary")},
+                               "next_cursor": {"type": ["string", "null"]}}})},
+                **_errors("400", "401", "429", "503")},
+        },
+    },
+    "/api/conversations/{conversation_id}": {
+        "get": {"summary": "A conversation with its messages, oldest first", "parameters": [CID_PARAM],
+                "responses": {"200": {"description": "the conversation", **_json(_ref("ConversationDetail"))},
+                              **_errors("401", "404", "429", "503")}},
+        "patch": {"summary": "Rename", "parameters": [CID_PARAM],
+                  "requestBody": {"required": True, **_json({
+                      "type": "object", "required": ["title"], "additionalProperties": False,
+                      "properties": {"title": {"type": "string", "minLength": 1, "maxLength": 200}}})},
+                  "responses": {"200": {"description": "renamed", **_json(_ref("Conversation"))},
+                                **_errors("400", "401", "404", "422", "429", "503")}},
+        "delete": {"summary": "Delete; the session's next message starts a new conversation",
+                   "parameters": [CID_PARAM],
+                   "responses": {"204": {"description": "deleted"}, **_errors("401", "404", "429", "503")}},
+    },
+    "/healthz": {"get": {"summary": "The process is up", "security": [],
+                         "responses": {"200": {"description": "up"}}}},
+    "/readyz": {"get": {"summary": "Redis and the database answer", "security": [],
+                        "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+}
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "Arzani-X conversation service", "version": "1"},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "a token from `arzani users create`"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "arzani_session",
+                       "description": "the chat page's signed cookie"},
+        },
+    },
+    "security": [{"bearer": []}, {"cookie": []}],
+    "paths": PATHS,
+}
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(DOCUMENT)
