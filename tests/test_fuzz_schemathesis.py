@@ -28,7 +28,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(redis_url, t
              "--exclude-checks", "positive_data_acceptance",
              "--max-examples", "40", "--seed", "20261125",
              "--report-junit-path", str(tmp_path / "schemathesis.xml")],
-            capture_output=True, text=True, timeout=600, env=stack.env,
+            capture_output=True, text=True, timeout=600, env=stack.env, cwd=tmp_path,
         )
         summary = result.stdout[-3000:]
         print(summary)
