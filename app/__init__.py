@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from app.config import Settings
 from app.errors import ArzaniError, Unavailable
 from app.logs import configure_logging
+from app.ratelimit import RateLimited
 from app.services import Services
 
 log = logging.getLogger("arzani.web")
@@ -66,7 +67,10 @@ def _register_error_handlers(app: Flask) -> None:
     def _domain_error(exc: ArzaniError):
         if exc.status >= 500:
             log.warning("request failed: %s", exc.message, extra={"path": request.path})
-        return error_response(exc.code, exc.message, exc.status)
+        response = error_response(exc.code, exc.message, exc.status)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(RedisConnectionError)
     @app.errorhandler(RedisTimeoutError)

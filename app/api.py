@@ -30,6 +30,13 @@ def _user_id() -> int:
     return authenticate(services())
 
 
+@bp.before_request
+def _rate_limit():
+    limiter = services().rate_limiter
+    if limiter is not None:
+        limiter.hit(_user_id())
+
+
 def _session_id(session_id: str) -> str:
     if not keys.is_valid_session_id(session_id):
         raise InvalidSessionId()

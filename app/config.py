@@ -21,6 +21,9 @@ DEFAULT_LOCK_TTL_MS = 10_000
 DEFAULT_QUEUE = "arzani"
 """RQ queue that carries reply jobs."""
 
+DEFAULT_RATE_LIMIT = "300/minute"
+"""API requests per user, across all processes (the chat page polls about 90 a minute)."""
+
 AGENTS = ("echo", "openai")
 
 
@@ -35,6 +38,18 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _rate_limit(raw: str) -> str | None:
+    if raw.strip().lower() in ("", "0", "off", "none"):
+        return None
+    from limits import parse
+
+    try:
+        parse(raw)
+    except ValueError:
+        raise ConfigurationError(f"ARZANI_RATE_LIMIT must look like '300/minute' or 'off', got {raw!r}") from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class Settings:
     model: str = "gpt-4o-mini"
     reply_retries: int = 3
     job_timeout_s: int = 120
+    rate_limit: str | None = None  # e.g. "300/minute"; None: off
 
     @property
     def production(self) -> bool:
@@ -81,5 +97,9 @@ class Settings:
             model=environ.get("ARZANI_MODEL") or "gpt-4o-mini",
             reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", 3, minimum=0),
             job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", 120),
+            # On by default in production; off in development so load tests such as `arzani race`
+            # measure the service, not the limiter.
+            rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",
+                                               DEFAULT_RATE_LIMIT if env == "production" else "off")),
             **extra,
         )

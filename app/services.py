@@ -16,6 +16,7 @@ from rq import Queue
 from app.config import Settings
 from app.db import Database
 from app.errors import ConfigurationError
+from app.ratelimit import RateLimiter
 from app.sessions import SessionService
 
 REDIS_SOCKET_TIMEOUT_S = 5.0
@@ -61,6 +62,12 @@ class Services:
             session_ttl_s=self.settings.session_ttl_s,
             process_kind=self.process_kind,
         )
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter | None:
+        if not self.settings.rate_limit:
+            return None
+        return RateLimiter(self.settings.redis_url, self.settings.rate_limit)
 
     @cached_property
     def queue(self) -> Queue:

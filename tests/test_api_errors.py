@@ -121,3 +121,23 @@ def test_rename_and_delete(api, services):
 def test_wrong_method_and_unknown_route_are_json(api):
     assert_error(api.client.put("/api/conversations", headers=api.headers), 405)
     assert_error(api.get("/api/nothing-here"), 404)
+
+
+def test_rate_limit_is_per_user_shared_and_says_when_to_retry(services, settings, make_api):
+    import dataclasses
+
+    from app import create_app
+    from app.services import Services
+
+    limited = Services(dataclasses.replace(settings, rate_limit="3/minute"))
+    # Two app instances (two "processes") share the count through Redis.
+    first, second = (create_app({"TESTING": True}, services=limited).test_client() for _ in range(2))
+    alice, bob = make_api("alice"), make_api("bob")
+    for client in (first, second, first):
+        assert client.get("/api/conversations", headers=alice.headers).status_code == 200
+    refused = second.get("/api/conversations", headers=alice.headers)
+    assert_error(refused, 429, "rate_limited")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert first.get("/api/conversations", headers=bob.headers).status_code == 200  # per user
+    assert first.get("/healthz").status_code == 200  # probes are not limited
+    limited.close()
