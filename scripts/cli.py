@@ -223,3 +223,7 @@ def main() -> None:  # pragma: no cover - console entry point alternative
 from scripts.devstack import run  # noqa: E402  (commands live in their own modules)
 
 cli.add_command(run)
+
+from scripts.race import race  # noqa: E402
+
+cli.add_command(race)
