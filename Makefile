@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/arzani run
 
 test: $(STAMP)
+	$(BIN)/ruff check app workers scripts tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
