@@ -218,15 +218,7 @@ class SessionService:
                 )
             self._check_owner(session_id, tracked, user_id)
             conversation, how = self._find_or_create(lock, session_id, user_id)
-            written = lock.commit_session(
-                conversation_id=conversation.id,
-                user_id=conversation.user_id,
-                created_by=conversation.created_by,
-                created_at_ms=int(conversation.created_at.timestamp() * 1000),
-                now_ms=now_ms(),
-                session_ttl_ms=self.session_ttl_ms,
-            )
-            if not written:
+            if not self._commit(lock, conversation):
                 log.warning(
                     "fence moved while creating: another process holds the lock now; it will "
                     "find this conversation in the database and track it",
@@ -291,6 +283,17 @@ class SessionService:
         )
         return conversation, "created"
 
+    def _commit(self, lock: SessionLock, conversation: Conversation) -> bool:
+        """Track `conversation` in the session hash (if the fence is still ours) and release."""
+        return lock.commit_session(
+            conversation_id=conversation.id,
+            user_id=conversation.user_id,
+            created_by=conversation.created_by,
+            created_at_ms=int(conversation.created_at.timestamp() * 1000),
+            now_ms=now_ms(),
+            session_ttl_ms=self.session_ttl_ms,
+        )
+
     def repair(self, session_id: str, conversation: Conversation) -> bool:
         """Rewrite the tracked key from the database's live conversation. True if written.
 
@@ -300,14 +303,7 @@ class SessionService:
         lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
         if not lock.acquire():
             return False
-        written = lock.commit_session(
-            conversation_id=conversation.id,
-            user_id=conversation.user_id,
-            created_by=conversation.created_by,
-            created_at_ms=int(conversation.created_at.timestamp() * 1000),
-            now_ms=now_ms(),
-            session_ttl_ms=self.session_ttl_ms,
-        )
+        written = self._commit(lock, conversation)
         log.warning(
             "session key repaired from the database",
             extra={"session_id": session_id, "conversation_id": conversation.id,

@@ -29,7 +29,7 @@ from honcho.printer import Printer
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,16 +54,19 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    def __init__(self):
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="arzani-run-redis-")
+    """A private redis-server on loopback that keeps nothing on disk. The tests use it too: `stop()`
+    then `start()` again is a restart on the same port that comes back empty."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="arzani-redis-")
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self) -> EmbeddedRedis:
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
@@ -79,7 +82,8 @@ class EmbeddedRedis:
         while True:
             try:
                 client.ping()
-                return
+                client.close()
+                return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise click.ClickException("the embedded redis-server did not start") from None
@@ -93,6 +97,10 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -148,5 +156,5 @@ def run(web_processes: int, worker_count: int) -> None:
         manager.loop()
     finally:
         if embedded is not None:
-            embedded.stop()
+            embedded.close()
     sys.exit(manager.returncode or 0)
