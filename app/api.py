@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from app import conversations, keys
+from app import conversations, events, keys
 from app.auth import authenticate
 from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
 from app.services import Services
@@ -106,6 +106,22 @@ def post_message(session_id: str):
 def session_status(session_id: str):
     session_id = _session_id(session_id)
     return jsonify(conversations.session_status(services(), session_id, _user_id()))
+
+
+@bp.get("/sessions/<session_id>/events")
+def session_events(session_id: str):
+    """Server-Sent Events: `token`, `reply` and `failed` events of the session, live."""
+    session_id = _session_id(session_id)
+    conversations.require_session_owner(services(), session_id, _user_id())
+    stream = events.sse_stream(services().redis, session_id, services().settings.sse_max_s)
+    return Response(stream, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/retry")
+def retry_reply(conversation_id: str, message_id: int):
+    result = conversations.retry_reply(services(), _user_id(), conversation_id, message_id)
+    return jsonify(result), 202
 
 
 @bp.get("/conversations")

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import keys
-from app.errors import BadRequest, NotFound
+from app.errors import BadRequest, Conflict, NotFound
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.services import Services
 from app.sessions import process_name
@@ -333,6 +333,40 @@ def pending_replies(db: Session, conversation_id: str) -> int:
             Message.status == MessageStatus.PENDING,
         )
     )
+
+
+def require_session_owner(services: Services, session_id: str, user_id: int) -> None:
+    """NotFound unless the session is `user_id`'s (tracked for them, or their conversation's)."""
+    owner = services.redis.hget(keys.session_key(session_id), "user_id")
+    if owner is not None:
+        if int(owner) != user_id:
+            raise NotFound("session not found")
+        return
+    with services.db.session() as db:
+        owners = set(db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id)))
+    if owners != {user_id}:
+        raise NotFound("session not found")
+
+
+def retry_reply(services: Services, user_id: int, conversation_id: str, message_id: int) -> dict:
+    """Give a `failed` user message another round of reply attempts."""
+    with services.db.write() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+        message = db.get(Message, message_id)
+        if message is None or message.conversation_id != conversation.id or message.role != MessageRole.USER:
+            raise NotFound("message not found")
+        if message.status != MessageStatus.FAILED:
+            raise Conflict(f"only a failed message can be retried; this one is {message.status}")
+        message.status = MessageStatus.PENDING
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:  # the failed job keeps its id in RQ's failed registry: make room for the new attempt
+        Job.fetch(reply_job_id(message_id), connection=services.rq_redis).delete()
+    except NoSuchJobError:
+        pass
+    job_id = enqueue_reply(services, message_id)
+    return {"message": message_json(message), "job_id": job_id}
 
 
 def session_status(services: Services, session_id: str, user_id: int | None = None) -> dict:

@@ -47,6 +47,13 @@ class NotFound(ArzaniError):
     status = 404
 
 
+class Conflict(ArzaniError):
+    """The request does not fit the current state of the resource."""
+
+    code = "conflict"
+    status = 409
+
+
 class ContentTooLarge(ArzaniError):
     """Message content is limited to 32 KiB."""
 

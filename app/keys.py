@@ -36,6 +36,11 @@ def released_channel(session_id: str) -> str:
     return f"{session_key(session_id)}:released"
 
 
+def events_channel(session_id: str) -> str:
+    """Pub/sub channel (not a key) of the session's live events: reply tokens, replies, failures."""
+    return f"{session_key(session_id)}:events"
+
+
 def session_id_from_key(key: str) -> str | None:
     """`arzani:session:{SID}` -> SID; None for the lock and fence keys or anything else."""
     if key.startswith(PREFIX + "{") and key.endswith("}"):

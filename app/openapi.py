@@ -143,6 +143,32 @@ PATHS = {
                 "responses": {"200": {"description": "status", **_json(_ref("SessionStatus"))},
                               **_errors("400", "401", "404", "429", "503")}},
     },
+    "/api/sessions/{session_id}/events": {
+        "get": {"summary": "Live events of the session as Server-Sent Events: `token` (a piece of a reply "
+                           "being written), `reply` (the reply attached), `failed` (a reply given up on); "
+                           "the stream ends after about a minute and EventSource reconnects",
+                "parameters": [SID_PARAM],
+                "responses": {"200": {"description": "an event stream; each event's data is JSON",
+                                      "content": {"text/event-stream": {"schema": {
+                                          "type": "object", "required": ["event", "data"],
+                                          "properties": {
+                                              "event": {"type": "string",
+                                                        "enum": ["ready", "token", "reply", "failed"]},
+                                              "data": {"type": "string", "contentMediaType": "application/json"},
+                                              "retry": {"type": "integer"}}}}}},
+                              **_errors("400", "401", "404", "429", "503")}},
+    },
+    "/api/conversations/{conversation_id}/messages/{message_id}/retry": {
+        "post": {"summary": "Try again to answer a failed user message",
+                 "parameters": [CID_PARAM, {"name": "message_id", "in": "path", "required": True,
+                                            "schema": {"type": "integer"}}],
+                 "responses": {"202": {"description": "the message is pending again; its reply job enqueued",
+                                       **_json({"type": "object", "required": ["message", "job_id"],
+                                                "properties": {"message": _ref("Message"),
+                                                               "job_id": {"type": "string"}}})},
+                               "409": _error("the message is not failed"),
+                               **_errors("401", "404", "429", "503")}},
+    },
     "/api/conversations": {
         "get": {
             "summary": "The sidebar: conversations, newest activity first",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -19,6 +20,7 @@ class FakeLLM:
         self._release.set()
         self.gather = 0  # when > 0: answer nobody until this many requests are in flight
         self.fail_next = 0  # answer this many requests with HTTP 500
+        self.token_delay_s = 0.0  # pause between streamed words (to watch a reply being written)
         self._in_flight = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -74,9 +76,29 @@ class FakeLLM:
                     self._send(500, {"error": {"message": "upstream exploded"}})
                     return
                 last = body["messages"][-1]["content"]
-                turns = len(body["messages"])
-                self._send(200, {"choices": [{"message": {"role": "assistant",
-                                                          "content": f"LLM heard {last!r} after {turns} turns"}}]})
+                text = f"LLM heard {last!r} after {len(body['messages'])} turns"
+                if body.get("stream"):
+                    self._stream(text)
+                else:
+                    self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
+
+            def _stream(self, text):
+                """The reply word by word as chat.completion.chunk events, then [DONE]."""
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    words = text.split(" ")
+                    for n, word in enumerate(words):
+                        delta = word if n == 0 else " " + word
+                        chunk = {"choices": [{"index": 0, "delta": {"content": delta}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        if fake.token_delay_s:
+                            time.sleep(fake.token_delay_s)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _send(self, status, payload):
                 raw = json.dumps(payload).encode()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(redis_url, tmp_path):
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'fuzz.db'}", tmp_path)
+    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'fuzz.db'}", tmp_path, ARZANI_SSE_MAX_S="0.2")
     stack.init_db()
     try:
         stack.start_web(workers=2, threads=2)

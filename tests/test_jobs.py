@@ -35,8 +35,8 @@ def test_two_concurrent_runs_of_one_job_leave_one_reply(api, services, monkeypat
     both_generated = threading.Barrier(2)
 
     class SlowEcho(agents.EchoAgent):
-        def reply(self, conversation_id, history):
-            text = super().reply(conversation_id, history)
+        def reply(self, conversation_id, history, on_token=None):
+            text = super().reply(conversation_id, history, on_token)
             both_generated.wait(10)  # both runs have a reply in hand before either attaches it
             return text
 
@@ -72,7 +72,7 @@ def test_replies_are_attached_in_the_order_of_the_user_messages(api, services):
 
 def test_a_reply_given_up_on_is_visibly_failed(api, services, run_jobs, monkeypatch):
     class Broken:
-        def reply(self, conversation_id, history):
+        def reply(self, conversation_id, history, on_token=None):
             raise agents.AgentError("the model is down")
 
     monkeypatch.setattr(jobs, "make_agent", lambda settings: Broken())

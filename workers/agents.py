@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,23 +23,30 @@ class AgentError(Exception):
     """The agent could not produce a reply (RQ retries the job)."""
 
 
+OnToken = Callable[[str], None]
+"""Called with each piece of the reply as the agent produces it (streamed to the page)."""
+
+
 class Agent(Protocol):
-    def reply(self, conversation_id: str, history: list[Turn]) -> str: ...
+    def reply(self, conversation_id: str, history: list[Turn], on_token: OnToken | None = None) -> str: ...
 
 
 class EchoAgent:
     """Quotes the last message, the conversation's first message and counts what it saw, so a
     reply attached to the wrong conversation, or a history split across two, shows in its text."""
 
-    def reply(self, conversation_id: str, history: list[Turn]) -> str:
+    def reply(self, conversation_id: str, history: list[Turn], on_token: OnToken | None = None) -> str:
         users = [t for t in history if t.role == "user"]
         if not users:
             raise AgentError("no user message to answer")
         first, last = _clip(users[0].content), _clip(users[-1].content)
-        return (
+        text = (
             f'Echo: "{last}" (conversation {conversation_id}: message {len(users)} of this chat, '
             f'{len(history)} messages seen, first was "{first}")'
         )
+        if on_token:
+            on_token(text)
+        return text
 
 
 def _clip(text: str, limit: int = 80) -> str:
@@ -47,7 +55,8 @@ def _clip(text: str, limit: int = 80) -> str:
 
 
 class OpenAIAgent:
-    """POST {base_url}/chat/completions with the whole conversation as history."""
+    """POST {base_url}/chat/completions with the whole conversation as history, streamed
+    (`"stream": true`, server-sent `data:` lines), each delta handed to `on_token`."""
 
     def __init__(self, base_url: str, api_key: str | None, model: str, timeout_s: float = 60.0):
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -55,23 +64,42 @@ class OpenAIAgent:
         self.model = model
         self.timeout_s = timeout_s
 
-    def reply(self, conversation_id: str, history: list[Turn]) -> str:
-        body = json.dumps(
-            {"model": self.model, "messages": [{"role": t.role, "content": t.content} for t in history]}
-        ).encode()
+    def reply(self, conversation_id: str, history: list[Turn], on_token: OnToken | None = None) -> str:
+        body = json.dumps({
+            "model": self.model,
+            "stream": True,
+            "messages": [{"role": t.role, "content": t.content} for t in history],
+        }).encode()
         request = urllib.request.Request(self.url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
+        request.add_header("Accept", "text/event-stream")
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
+        pieces: list[str] = []
         try:
+            # timeout applies to each read: a stalled stream fails instead of hanging the job
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = json.load(response)
-            content = answer["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, KeyError, IndexError, ValueError) as exc:
+                if response.headers.get_content_type() == "application/json":  # a server that won't stream
+                    pieces.append(json.load(response)["choices"][0]["message"]["content"] or "")
+                else:
+                    for raw in response:
+                        line = raw.decode("utf-8").strip()
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                        if delta:
+                            pieces.append(delta)
+                            if on_token:
+                                on_token(delta)
+        except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, ValueError) as exc:
             raise AgentError(f"chat completions call failed: {exc}") from exc
-        if not isinstance(content, str) or not content:
+        text = "".join(pieces)
+        if not text:
             raise AgentError("chat completions answered with no content")
-        return content
+        return text
 
 
 def make_agent(settings: Settings) -> Agent:

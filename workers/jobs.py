@@ -13,7 +13,9 @@ import logging
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from app import events
 from app.config import Settings
+from app.conversations import message_json
 from app.logs import configure_logging
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.services import Services
@@ -111,7 +113,11 @@ def _answer(svc: Services, agent, conversation: Conversation, user_message_id: i
             _mark_answered(svc, user_message_id)
             return False
         history = _history(db, conversation.id, user_message_id)
-    text = agent.reply(conversation.id, history)
+    def stream(delta: str) -> None:
+        events.publish(svc.redis, conversation.session_id,
+                       {"type": "token", "reply_to": user_message_id, "delta": delta})
+
+    text = agent.reply(conversation.id, history, on_token=stream)
     now = utcnow()
     try:
         with svc.db.write() as db:
@@ -123,8 +129,9 @@ def _answer(svc: Services, agent, conversation: Conversation, user_message_id: i
             if not live:
                 # Deleted while the agent was thinking: a deleted conversation stays deleted.
                 return False
-            db.add(Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
-                           status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now))
+            reply_message = Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
+                                    status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now)
+            db.add(reply_message)
             db.execute(update(Message).where(Message.id == user_message_id)
                        .values(status=MessageStatus.ANSWERED))
     except IntegrityError:
@@ -132,6 +139,8 @@ def _answer(svc: Services, agent, conversation: Conversation, user_message_id: i
                                                                   "conversation_id": conversation.id})
         _mark_answered(svc, user_message_id)
         return False
+    events.publish(svc.redis, conversation.session_id,
+                   {"type": "reply", "reply_to": user_message_id, "message": message_json(reply_message)})
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
                                       "session_id": conversation.session_id,
                                       "proc": process_name("worker")})
@@ -150,12 +159,17 @@ def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None)
     if job.should_retry:
         return
     message_id = job.args[0]
-    with services().db.write() as db:
+    svc = services()
+    with svc.db.write() as db:
         changed = db.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
             .values(status=MessageStatus.FAILED)
         ).rowcount
+        session_id = db.scalar(select(Conversation.session_id).join(Message, Message.conversation_id == Conversation.id)
+                               .where(Message.id == message_id))
+    if changed and session_id:
+        events.publish(svc.redis, session_id, {"type": "failed", "message_id": message_id})
     log.error("reply failed for good: message marked failed",
               extra={"message_id": message_id, "job_id": job.id, "changed": changed,
                      "error": exc_type.__name__ if exc_type else None})
