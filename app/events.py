@@ -14,7 +14,7 @@ from redis import Redis
 
 from app import keys
 
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 10.0
 """A comment line this often keeps proxies from closing an idle stream."""
 
 def publish(redis: Redis, session_id: str, event: dict) -> None:

@@ -51,7 +51,9 @@ class Stack:
 
     def start_web(self, workers: int = 4, threads: int = 4) -> str:
         self.port = free_port()
+        # --graceful-timeout 1: an open event stream (the chat page) must not hold up the stop
         self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--threads", str(threads),
+                            "--graceful-timeout", "1",
                             "--bind", f"127.0.0.1:{self.port}", "app:create_app()"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

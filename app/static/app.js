@@ -80,6 +80,9 @@
   const $ = (id) => document.getElementById(id);
   let messages = [];
   let pollTimer = null;
+  let live = null; // the EventSource of the current session while a reply is awaited
+  let liveFailures = 0;
+  const streaming = new Map(); // reply_to -> text written so far
   let inFlight = null; // { content, clientMessageId }: a double click re-sends the same id
 
   function showError(error) {
@@ -97,7 +100,12 @@
 
   function renderMessages() {
     const list = $("messages");
-    list.replaceChildren(...messages.map((message) => {
+    const answered = new Set(messages.filter((m) => m.role === "assistant").map((m) => m.reply_to));
+    const drafts = [...streaming.entries()]
+      .filter(([replyTo]) => !answered.has(replyTo))
+      .map(([replyTo, text]) => ({ id: `draft-${replyTo}`, role: "assistant", status: "streaming",
+                                   content: text, reply_to: replyTo }));
+    list.replaceChildren(...messages.concat(drafts).map((message) => {
       const item = document.createElement("li");
       item.className = `message ${message.role} ${message.status}`;
       item.dataset.id = message.id;
@@ -108,6 +116,14 @@
         status.textContent = message.status === "failed" ? "failed: the agent gave up"
                            : message.status === "sending" ? "sending…" : "waiting for the reply…";
         item.append(status);
+        if (message.status === "failed") {
+          const retry = document.createElement("button");
+          retry.type = "button";
+          retry.className = "retry";
+          retry.textContent = "Retry";
+          retry.addEventListener("click", () => retryReply(message).catch(showError));
+          item.append(retry);
+        }
       }
       return item;
     }));
@@ -138,8 +154,18 @@
       const snippet = document.createElement("div");
       snippet.className = "snippet";
       snippet.textContent = conversation.last_message ? conversation.last_message.content : "";
-      item.append(time, title, snippet);
-      item.addEventListener("click", () => {
+      const rename = document.createElement("button");
+      rename.type = "button";
+      rename.className = "rename-button";
+      rename.title = "Rename";
+      rename.textContent = "✎";
+      rename.addEventListener("click", (event) => {
+        event.stopPropagation();
+        renameConversation(item, conversation);
+      });
+      item.append(rename, time, title, snippet);
+      item.addEventListener("click", (event) => {
+        if (event.target.tagName === "INPUT") return;
         synchronizer.use(conversation.session_id, conversation.id);
         $("sidebar").classList.remove("open");
       });
@@ -158,15 +184,66 @@
     $("chat-title").textContent = conversation.title || "Untitled";
     const sending = messages.filter((m) => m.status === "sending");
     messages = conversation.messages.concat(sending);
+    for (const message of messages) {
+      if (message.role === "assistant") streaming.delete(message.reply_to);
+    }
     renderMessages();
-    schedulePoll();
+    watchReplies();
   }
 
-  // Replies arrive without a reload: poll while a user message waits for its reply.
+  function awaitingReply() {
+    return messages.some((m) => m.role === "user" && (m.status === "pending" || m.status === "sending"));
+  }
+
+  // Replies arrive without a reload: Server-Sent Events from the worker (through Redis pub/sub)
+  // while a reply is awaited; polling only when the event stream cannot be had.
+  function watchReplies() {
+    if (!awaitingReply()) {
+      closeLive();
+      clearTimeout(pollTimer);
+      return;
+    }
+    if (typeof EventSource === "undefined" || liveFailures >= 3) {
+      schedulePoll();
+      return;
+    }
+    if (live && live.sessionId === synchronizer.sessionId) return;
+    closeLive();
+    live = new EventSource(`/api/sessions/${encodeURIComponent(synchronizer.sessionId)}/events`);
+    live.sessionId = synchronizer.sessionId;
+    live.addEventListener("ready", () => {
+      liveFailures = 0;
+      loadConversation().catch(showError); // anything attached before we listened
+    });
+    live.addEventListener("token", (event) => {
+      const data = JSON.parse(event.data);
+      streaming.set(data.reply_to, (streaming.get(data.reply_to) || "") + data.delta);
+      renderMessages();
+    });
+    const settle = async () => {
+      await loadConversation();
+      await renderSidebar();
+    };
+    live.addEventListener("reply", () => settle().catch(showError));
+    live.addEventListener("failed", () => settle().catch(showError));
+    live.addEventListener("error", () => {
+      // EventSource reconnects by itself after a stream ends; count only real failures
+      if (live && live.readyState === EventSource.CLOSED) {
+        liveFailures += 1;
+        closeLive();
+        watchReplies();
+      }
+    });
+  }
+
+  function closeLive() {
+    if (live) live.close();
+    live = null;
+  }
+
   function schedulePoll() {
     clearTimeout(pollTimer);
-    const waiting = messages.some((m) => m.role === "user" && (m.status === "pending" || m.status === "sending"));
-    if (!waiting) return;
+    if (!awaitingReply()) return;
     pollTimer = setTimeout(async () => {
       const before = messages.filter((m) => m.role === "assistant").length;
       try {
@@ -179,22 +256,64 @@
     }, POLL_MS);
   }
 
+  async function retryReply(message) {
+    await api("POST", `/api/conversations/${message.conversation_id}/messages/${message.id}/retry`);
+    await loadConversation();
+  }
+
+  async function renameConversation(item, conversation) {
+    const title = item.querySelector(".title");
+    const input = document.createElement("input");
+    input.className = "rename";
+    input.value = conversation.title || "";
+    input.maxLength = 200;
+    title.replaceWith(input);
+    input.focus();
+    input.select();
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      const value = input.value.trim();
+      if (save && value && value !== conversation.title) {
+        try {
+          await api("PATCH", `/api/conversations/${conversation.id}`, { title: value });
+        } catch (error) {
+          showError(error);
+        }
+      }
+      await renderSidebar();
+      if (conversation.id === synchronizer.conversationId) await loadConversation();
+    };
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") finish(true);
+      if (event.key === "Escape") finish(false);
+    });
+    input.addEventListener("blur", () => finish(true));
+  }
+
+  let sending = false;
+
   async function send(content) {
-    if (!synchronizer.sessionId) await synchronizer.newChat();
+    // Guard synchronously, before any await: a double click must not start a second send.
+    if (sending) return;
+    sending = true;
+    $("send").disabled = true;
     if (!inFlight || inFlight.content !== content) {
       inFlight = { content, clientMessageId: crypto.randomUUID() };
     }
     const { clientMessageId } = inFlight;
-    const sessionId = synchronizer.sessionId;
-    console.info("Session synchronization: send", { session_id: sessionId, client_message_id: clientMessageId });
-    messages.push({ id: `local-${clientMessageId}`, role: "user", content, status: "sending" });
-    renderMessages();
+    const localId = `local-${clientMessageId}`;
     synchronizer.pendingSends += 1;
-    $("send").disabled = true;
     try {
+      if (!synchronizer.sessionId) await synchronizer.newChat();
+      const sessionId = synchronizer.sessionId;
+      console.info("Session synchronization: send", { session_id: sessionId, client_message_id: clientMessageId });
+      messages.push({ id: localId, role: "user", content, status: "sending" });
+      renderMessages();
       const answer = await api("POST", `/api/sessions/${encodeURIComponent(sessionId)}/messages`,
                                { content, client_message_id: clientMessageId });
-      messages = messages.filter((m) => m.id !== `local-${clientMessageId}`);
+      messages = messages.filter((m) => m.id !== localId);
       if (synchronizer.conversationId && synchronizer.conversationId !== answer.conversation_id) {
         console.warn("Session synchronization mismatch: the server put the message in another conversation",
                      { page: synchronizer.conversationId, server: answer.conversation_id });
@@ -206,11 +325,12 @@
       await loadConversation();
       await renderSidebar();
     } catch (error) {
-      messages = messages.filter((m) => m.id !== `local-${clientMessageId}`);
+      messages = messages.filter((m) => m.id !== localId);
       renderMessages();
       showError(error); // inFlight kept: sending again reuses the same client_message_id
     } finally {
       synchronizer.pendingSends -= 1;
+      sending = false;
       $("send").disabled = false;
     }
   }
@@ -231,6 +351,8 @@
   document.addEventListener("DOMContentLoaded", async () => {
     synchronizer.onChange(async (sync) => {
       inFlight = null;
+      closeLive();
+      streaming.clear();
       $("session-badge").textContent = sync.sessionId ? sync.sessionId.slice(0, 8) : "";
       document.querySelectorAll(".conversation-item").forEach((item) =>
         item.classList.toggle("active", item.dataset.sessionId === sync.sessionId));
@@ -241,7 +363,7 @@
     $("composer").addEventListener("submit", (event) => {
       event.preventDefault();
       const content = $("content").value;
-      if (content.trim() && !$("send").disabled) send(content);
+      if (content.trim()) send(content);
     });
     $("content").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey) {

@@ -1,0 +1,117 @@
+"""Browser tests: Playwright driving Debian's Chromium (/usr/bin/chromium, headless, no sandbox)
+against the real stack: gunicorn, a real redis-server and a stock rq worker. Without Chromium
+they skip locally and FAIL under CI (`CI` set), where `.ci/run` installs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fake_llm import FakeLLM
+from tests.stack import Stack
+
+CHROMIUM = os.environ.get("ARZANI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": browser tests must run in CI")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def fake_llm():
+    llm = FakeLLM().start()
+    yield llm
+    llm.close()
+
+
+def _stack(redis_url, tmp_path, **env):
+    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'browser.db'}", tmp_path, **env)
+    stack.init_db()
+    stack.start_web(workers=2, threads=8)
+    stack.start_worker("worker", "--with-scheduler", "-c", "workers.rq_settings")
+    return stack
+
+
+@pytest.fixture
+def live(redis_url, tmp_path):
+    """The stack with the echo agent."""
+    stack = _stack(redis_url, tmp_path)
+    yield stack
+    stack.close()
+
+
+@pytest.fixture
+def live_llm(redis_url, tmp_path, fake_llm):
+    """The stack with the openai agent talking to a fake OpenAI-compatible server on loopback."""
+    stack = _stack(redis_url, tmp_path, ARZANI_AGENT="openai", OPENAI_BASE_URL=fake_llm.url,
+                   OPENAI_API_KEY="sk-test", ARZANI_REPLY_RETRIES="0")
+    yield stack
+    stack.close()
+
+
+class ChatPage:
+    """One tab of the chat page, with its console lines kept."""
+
+    def __init__(self, page, url: str):
+        self.page = page
+        self.url = url
+        self.console: list[str] = []
+        page.on("console", lambda message: self.console.append(message.text))
+
+    def open(self):
+        self.page.goto(self.url)
+        self.page.locator("#content").wait_for()
+        return self
+
+    def send(self, text: str):
+        self.page.fill("#content", text)
+        self.page.click("#send")
+
+    def replies(self):
+        return self.page.locator(".message.assistant:not(.streaming)")
+
+    def wait_for_replies(self, count: int, timeout_ms: int = 30_000):
+        self.replies().nth(count - 1).wait_for(timeout=timeout_ms)
+
+    def status(self) -> dict:
+        return self.page.evaluate("window.arzaniSessionSynchronizer.getStatus()")
+
+    def api(self, path: str):
+        """GET from the API with this tab's cookie identity."""
+        return self.page.evaluate(f"fetch({path!r}).then((r) => r.json())")
+
+    def screenshot(self, name: str):
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context(viewport={"width": 1100, "height": 720})
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def open_chat(context):
+    def _open(stack) -> ChatPage:
+        return ChatPage(context.new_page(), stack.url + "/").open()
+
+    return _open

@@ -1,0 +1,132 @@
+"""The seed's manual acceptance test, automated in a real browser, and the races a browser makes."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_seed_manual_test_step_by_step(live, open_chat):
+    chat = open_chat(live)
+    # "open Arzani-X, start a new conversation"
+    chat.page.click("#new-chat")
+    # "send a message"
+    chat.send("Hello Arzani, are you there?")
+    # "see the user message and the AI reply in the same conversation"
+    chat.wait_for_replies(1)
+    status = chat.status()
+    conversation_id = status["page"]["conversation_id"]
+    user = chat.page.locator(".message.user")
+    assert user.count() == 1 and user.first.inner_text().startswith("Hello Arzani, are you there?")
+    reply = chat.replies().first.inner_text()
+    assert f"conversation {conversation_id}" in reply and "message 1 of this chat" in reply
+    server_side = chat.api(f"/api/conversations/{conversation_id}")
+    assert [m["role"] for m in server_side["messages"]] == ["user", "assistant"]
+    assert server_side["messages"][1]["reply_to"] == server_side["messages"][0]["id"]
+    # "see exactly one conversation in the sidebar"
+    assert chat.page.locator(".conversation-item").count() == 1
+    assert chat.api("/api/conversations")["conversations"][0]["id"] == conversation_id
+    # "read 'Session synchronization' lines in the browser console"
+    sync_lines = [line for line in chat.console if line.startswith("Session synchronization")]
+    assert any(": start" in line for line in sync_lines)
+    assert any(": new chat" in line for line in sync_lines)
+    assert any(": send" in line for line in sync_lines)
+    assert not any("mismatch" in line for line in chat.console)
+    # "call window.arzaniSessionSynchronizer.getStatus()"
+    assert status["consistent"] is True
+    assert status["page"]["session_id"] == status["server"]["session_id"]
+    assert status["server"]["conversation_id"] == conversation_id
+    assert status["server"]["tracked"]["conversation_id"] == conversation_id
+    chat.screenshot("chat-page.png")
+    chat.page.set_viewport_size({"width": 390, "height": 760})
+    chat.page.locator("#toggle-sidebar").wait_for()
+    chat.screenshot("chat-page-phone.png")
+
+
+def test_a_double_click_on_send_makes_one_message(live, open_chat):
+    chat = open_chat(live)
+    chat.page.fill("#content", "only once, please")
+    chat.page.dblclick("#send")
+    chat.wait_for_replies(1)
+    conversation_id = chat.status()["page"]["conversation_id"]
+    messages = chat.api(f"/api/conversations/{conversation_id}")["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert chat.page.locator(".message.user").count() == 1
+
+
+def test_two_tabs_sending_the_first_message_of_one_chat_at_once_make_one_conversation(live, context, open_chat):
+    first = open_chat(live)
+    first.page.click("#new-chat")
+    first.page.locator("#session-badge").filter(has_text="").wait_for()
+    session_id = first.page.evaluate("window.arzaniSessionSynchronizer.sessionId")
+    assert session_id
+    second = open_chat(live)  # same browser: same cookie identity, same stored session id
+    assert second.page.evaluate("window.arzaniSessionSynchronizer.sessionId") == session_id
+    for n, tab in enumerate((first, second), 1):
+        tab.page.fill("#content", f"first message from tab {n}")
+    # Both tabs click Send at the same wall-clock instant.
+    start_at = first.page.evaluate("Date.now() + 400")
+    for tab in (first, second):
+        tab.page.evaluate(f"setTimeout(() => document.getElementById('send').click(), {start_at} - Date.now())")
+    first.wait_for_replies(1)
+    second.wait_for_replies(1)
+    status = first.status()["server"]
+    conversations = [c for c in first.api("/api/conversations?limit=100")["conversations"]
+                     if c["session_id"] == session_id]
+    assert len(conversations) == 1
+    messages = first.api(f"/api/conversations/{conversations[0]['id']}")["messages"]
+    assert sorted(m["content"] for m in messages if m["role"] == "user") == [
+        "first message from tab 1", "first message from tab 2"]
+    assert len([m for m in messages if m["role"] == "assistant"]) == 2
+    assert status["consistent"] is True and status["conversation_id"] == conversations[0]["id"]
+
+
+def test_a_reload_keeps_the_chat(live, open_chat):
+    chat = open_chat(live)
+    chat.send("remember me")
+    chat.wait_for_replies(1)
+    before = chat.status()["page"]
+    chat.page.reload()
+    chat.wait_for_replies(1)
+    after = chat.status()
+    assert after["page"]["session_id"] == before["session_id"]
+    assert after["page"]["conversation_id"] == before["conversation_id"]
+    assert after["consistent"] is True
+    assert chat.page.locator(".message").count() == 2
+    assert chat.page.locator(".conversation-item").count() == 1
+
+
+def test_titles_come_from_the_first_message_and_can_be_renamed_in_the_sidebar(live, open_chat):
+    chat = open_chat(live)
+    chat.send("Plan a trip to Lisbon")
+    chat.wait_for_replies(1)
+    item = chat.page.locator(".conversation-item").first
+    assert item.locator(".title").inner_text() == "Plan a trip to Lisbon"
+    item.locator(".rename-button").click()
+    chat.page.fill(".conversation-item input.rename", "Lisbon, May")
+    chat.page.keyboard.press("Enter")
+    chat.page.locator(".conversation-item .title", has_text="Lisbon, May").wait_for()
+    conversation_id = chat.status()["page"]["conversation_id"]
+    assert chat.api(f"/api/conversations/{conversation_id}")["title"] == "Lisbon, May"
+    assert chat.page.locator("#chat-title").inner_text() == "Lisbon, May"
+
+
+def test_an_llm_reply_streams_in_and_a_failure_can_be_retried(live_llm, fake_llm, open_chat):
+    chat = open_chat(live_llm)
+    fake_llm.token_delay_s = 0.15  # slow enough to watch the reply being written
+    chat.send("tell me something")
+    chat.page.locator(".message.assistant.streaming").wait_for(timeout=30_000)  # tokens arriving
+    chat.wait_for_replies(1)
+    assert chat.replies().first.inner_text() == "LLM heard 'tell me something' after 1 turns"
+
+    fake_llm.token_delay_s = 0
+    fake_llm.fail_next = 1  # the endpoint errors; with no retries left the message fails
+    chat.send("and now?")
+    retry = chat.page.locator(".message.user.failed .retry")
+    retry.wait_for(timeout=30_000)
+    assert "failed" in chat.page.locator(".message.user.failed").inner_text()
+    retry.click()
+    chat.wait_for_replies(2)
+    assert chat.replies().nth(1).inner_text() == "LLM heard 'and now?' after 3 turns"
+    assert fake_llm.requests[-1]["messages"][0]["content"] == "tell me something"  # whole history
