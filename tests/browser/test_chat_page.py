@@ -39,9 +39,28 @@ def test_the_seed_manual_test_step_by_step(live, open_chat):
     assert status["server"]["conversation_id"] == conversation_id
     assert status["server"]["tracked"]["conversation_id"] == conversation_id
     chat.screenshot("chat-page.png")
-    chat.page.set_viewport_size({"width": 390, "height": 760})
-    chat.page.locator("#toggle-sidebar").wait_for()
-    chat.screenshot("chat-page-phone.png")
+
+
+def test_the_page_works_on_a_phone_sized_screen(live, browser):
+    phone = browser.new_context(viewport={"width": 390, "height": 760}, is_mobile=True, has_touch=True,
+                                reduced_motion="reduce")
+    try:
+        from tests.browser.conftest import ChatPage
+
+        chat = ChatPage(phone.new_page(), live.url + "/").open()
+        assert not chat.page.locator("#sidebar").is_visible() or \
+            chat.page.locator("#sidebar").bounding_box()["x"] < 0  # off screen until asked for
+        chat.send("hi from a phone")
+        chat.wait_for_replies(1)
+        chat.screenshot("chat-page-phone.png")
+        chat.page.click("#toggle-sidebar")
+        chat.page.locator("#sidebar.open .conversation-item").wait_for()
+        assert chat.page.locator("#sidebar").bounding_box()["x"] == 0
+        chat.screenshot("chat-page-phone-sidebar.png")
+        chat.page.locator(".conversation-item").first.click()  # choosing a chat closes the sidebar
+        assert chat.page.locator("#sidebar.open").count() == 0
+    finally:
+        phone.close()
 
 
 def test_a_double_click_on_send_makes_one_message(live, open_chat):
