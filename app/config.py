@@ -68,6 +68,7 @@ class Settings:
     reply_retries: int = 3
     job_timeout_s: int = 120
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
+    agent_timeout_s: float = 60.0  # an agent call that stalls this long fails (and is retried)
     sse_max_s: float = 55.0  # an event stream ends after this; the browser reconnects
 
     @property
@@ -99,6 +100,7 @@ class Settings:
             reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", 3, minimum=0),
             job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", 120),
             sse_max_s=float(environ.get("ARZANI_SSE_MAX_S") or 55.0),
+            agent_timeout_s=float(environ.get("ARZANI_AGENT_TIMEOUT") or 60.0),
             # On by default in production; off in development so load tests such as `arzani race`
             # measure the service, not the limiter.
             rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",

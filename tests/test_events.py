@@ -108,3 +108,14 @@ def test_a_failed_reply_can_be_retried(api, services, run_jobs, monkeypatch):
     assert [m["status"] for m in messages] == ["answered", "complete"]
     again = api.post(path)
     assert again.status_code == 409 and again.json["error"]["code"] == "conflict"
+
+
+def test_a_stalled_llm_times_out_as_an_agent_error(llm):
+    from app.config import Settings
+
+    llm.hold()  # the endpoint accepts the request and never answers
+    agent = agents.make_agent(Settings.from_env({"ARZANI_AGENT": "openai", "OPENAI_BASE_URL": llm.url,
+                                                 "ARZANI_AGENT_TIMEOUT": "0.5"}))
+    with pytest.raises(agents.AgentError, match="timed out"):
+        agent.reply("c", [agents.Turn("user", "hello?")])
+    llm.release()

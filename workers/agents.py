@@ -104,5 +104,6 @@ class OpenAIAgent:
 
 def make_agent(settings: Settings) -> Agent:
     if settings.agent == "openai":
-        return OpenAIAgent(settings.openai_base_url, settings.openai_api_key, settings.model)
+        return OpenAIAgent(settings.openai_base_url, settings.openai_api_key, settings.model,
+                           timeout_s=settings.agent_timeout_s)
     return EchoAgent()
