@@ -223,6 +223,7 @@
     const settle = async () => {
       await loadConversation();
       await renderSidebar();
+      await synchronizer.getStatus(); // warns in the console if the page and the server disagree
     };
     live.addEventListener("reply", () => settle().catch(showError));
     live.addEventListener("failed", () => settle().catch(showError));
