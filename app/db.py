@@ -69,6 +69,15 @@ class Database:
         )
         _dispose_after_fork(self.engine)
 
+    @property
+    def insert(self):
+        """The dialect's own INSERT, with ON CONFLICT (upserts) for SQLite and PostgreSQL alike."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
+
     def session(self) -> Session:
         return self._read()
 

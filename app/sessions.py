@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from app import keys
 from app.db import Database
@@ -237,39 +236,36 @@ class SessionService:
     def _find_or_create(
         self, lock: SessionLock, session_id: str, user_id: int
     ) -> tuple[Conversation, str]:
-        try:
-            with self.db.write() as db:
-                rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
-                if any(row.user_id != user_id for row in rows):
-                    raise NotFound("session not found")
-                live = [row for row in rows if row.deleted_at is None]
-                if live:
-                    log.warning(
-                        "session key missing: conversation recovered from the database",
-                        extra={"session_id": session_id, "conversation_id": live[0].id,
-                               "proc": process_name(self.process_kind)},
-                    )
-                    return live[0], "recovered"
-                if not lock.fence_is_current():
-                    raise StaleFence()
-                conversation = Conversation(
-                    session_id=session_id,
-                    user_id=user_id,
-                    created_by=process_name(self.process_kind),
-                    creation_fence=lock.fence or 0,
+        with self.db.write() as db:
+            rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
+            if any(row.user_id != user_id for row in rows):
+                raise NotFound("session not found")
+            live = [row for row in rows if row.deleted_at is None]
+            if live:
+                log.warning(
+                    "session key missing: conversation recovered from the database",
+                    extra={"session_id": session_id, "conversation_id": live[0].id,
+                           "proc": process_name(self.process_kind)},
                 )
-                db.add(conversation)
-                db.flush()
-        except IntegrityError:
-            # The unique index fired: a stale holder's twin got there first. Use its row.
-            with self.db.session() as db:
-                conversation = db.scalars(
-                    select(Conversation).where(
-                        Conversation.session_id == session_id, Conversation.deleted_at.is_(None)
-                    )
-                ).one()
+                return live[0], "recovered"
+            if not lock.fence_is_current():
+                raise StaleFence()
+            # The database's own upsert on the partial unique index (one live conversation per
+            # session): a twin that got past a stale fence loses here without an error, and we
+            # take the row that won instead.
+            created_id = db.execute(
+                self.db.insert(Conversation)
+                .values(session_id=session_id, user_id=user_id, created_by=process_name(self.process_kind),
+                        creation_fence=lock.fence or 0)
+                .on_conflict_do_nothing(index_elements=[Conversation.session_id],
+                                        index_where=Conversation.deleted_at.is_(None))
+                .returning(Conversation.id)
+            ).scalar()
+            conversation = db.scalars(select(Conversation).where(
+                Conversation.session_id == session_id, Conversation.deleted_at.is_(None))).one()
+        if created_id is None:
             if conversation.user_id != user_id:
-                raise NotFound("session not found") from None
+                raise NotFound("session not found")
             log.warning(
                 "unique constraint kept a second conversation out",
                 extra={"session_id": session_id, "conversation_id": conversation.id,

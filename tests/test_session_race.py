@@ -222,3 +222,26 @@ def test_settings_lock_ttl_reaches_the_lock(services, settings: Settings):
     assert lock.acquire()
     assert 0 < services.redis.pttl(keys.lock_key(session_id)) <= settings.lock_ttl_ms
     lock.release()
+
+
+def test_the_upsert_keeps_a_stale_twin_out_without_an_error(services, api):
+    """A stale holder that passed its fence check just before the new owner inserted: its insert
+    meets the live row (ON CONFLICT DO NOTHING), and it takes that row."""
+    if services.db.is_sqlite:
+        pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE): no twin can commit between the "
+                    "check and the insert, so this interleaving cannot happen there")
+    session_id = uuid.uuid4().hex
+    lock = SessionLock(services.redis, session_id, 5000, 60_000)
+    assert lock.acquire()
+    real_fence_check = lock.fence_is_current
+
+    def twin_commits_first():
+        with services.db.write() as db:
+            db.add(Conversation(id="the-twin", session_id=session_id, user_id=api.user_id,
+                                created_by="web:twin:1"))
+        return real_fence_check()
+
+    lock.fence_is_current = twin_commits_first
+    conversation, how = services.sessions._find_or_create(lock, session_id, api.user_id)
+    assert (conversation.id, how) == ("the-twin", "recovered")
+    lock.release()
