@@ -131,8 +131,10 @@ def run(web_processes: int, worker_count: int) -> None:
         env["REDIS_URL"] = embedded.url
     try:
         try:
+            from app.migrate import upgrade
+
             services = Services(Settings.from_env(env), process_kind="cli")
-            services.db.create_all()
+            upgrade(services.db)  # the Procfile's release: step
             services.close()
         except ArzaniError as exc:
             raise click.ClickException(exc.message) from None
@@ -141,7 +143,7 @@ def run(web_processes: int, worker_count: int) -> None:
         manager = Manager(Printer(sys.stdout))
         for name, command in procfile.processes.items():
             if name == "release":
-                continue  # done above, in-process
+                continue  # the migration, done above in-process
             if name == "worker":
                 for n in range(1, worker_count + 1):
                     manager.add_process(f"worker.{n}", command, env=env)

@@ -129,5 +129,5 @@ class Stack:
         return out.strip().splitlines()[-1]
 
     def init_db(self) -> None:
-        subprocess.run([str(BIN / "arzani"), "db", "init"], env=self.env, check=True,
+        subprocess.run([str(BIN / "arzani"), "db", "upgrade"], env=self.env, check=True,
                        capture_output=True)
