@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Servic
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
+    if os.environ.get("ARZANI_BENCH_BASELINE") == "1":
+        from app import bench_baseline
+
+        app.register_blueprint(bench_baseline.bp)
     _register_error_handlers(app)
     return app
 

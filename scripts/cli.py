@@ -238,3 +238,7 @@ cli.add_command(run)
 from scripts.race import race  # noqa: E402
 
 cli.add_command(race)
+
+from scripts.bench import bench  # noqa: E402
+
+cli.add_command(bench)

@@ -1,0 +1,370 @@
+"""`arzani bench`: the service's figures, each beside a baseline measured in the same run.
+
+Everything runs on this machine against a private embedded redis-server and a throwaway SQLite
+database (or DATABASE_URL with --database-url), so runs are comparable. Figures:
+
+- Redis round trips and commands per message, web side (existing session) and end to end
+  (web + reply job), against a bare RQ enqueue + no-op job;
+- lock hand-off: 16 concurrent first messages on one session, the losers' extra wait after the
+  winner is done (p50, p99), against the winner's own time;
+- accepted messages/s under gunicorn, against a baseline endpoint that does the same insert and
+  enqueue without session resolution;
+- reply latency with the echo agent (p50, p99) against a no-op RQ job, stock rq worker;
+- sidebar page time at 10k and 1M messages;
+- Redis memory per session (MEMORY USAGE).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import click
+import redis
+from redis.connection import Connection
+
+BIN = Path(sys.executable).parent
+
+
+def noop() -> None:
+    """The baseline job: RQ's own cost, nothing of ours."""
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(sorted(values), n=100, method="inclusive")[q - 1]
+
+
+# -- counting Redis round trips ----------------------------------------------------------------
+
+class RoundTrips:
+    """Counts what this process sends to Redis: one `send_packed_command` is one round trip
+    (a pipeline or a script is one), whatever client sends it."""
+
+    count = 0
+    _original = Connection.send_packed_command
+
+    @classmethod
+    def install(cls) -> None:
+        def counted(self, command, check_health=True):
+            cls.count += 1
+            return cls._original(self, command, check_health)
+
+        Connection.send_packed_command = counted
+
+
+def commands_processed(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+class Figures:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, name: str, value: float, baseline: float | None, unit: str, target: str = "") -> None:
+        ratio = f"{value / baseline:.2f}x" if baseline else "-"
+        shown_baseline = f"{baseline:.2f} {unit}" if baseline is not None else "-"
+        note = f"  (target {target})" if target else ""
+        self.rows.append((name, f"{value:.2f} {unit}", shown_baseline, ratio + note))
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in self.rows + [("figure", "value", "baseline", "ratio")]) for i in range(4)]
+        header = ("figure", "value", "baseline", "ratio")
+        for row in [header, *self.rows]:
+            click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+# -- the benches -------------------------------------------------------------------------------
+
+def bench_round_trips(services, client, headers, figures: Figures, messages: int = 50) -> None:
+    from rq import SimpleWorker
+
+    probe = redis.Redis.from_url(services.settings.redis_url)
+    session_id = uuid.uuid4().hex
+    client.post(f"/api/sessions/{session_id}/messages", json={"content": "warm up"}, headers=headers)
+    SimpleWorker([services.queue], connection=services.rq_redis).work(burst=True)
+
+    def measure(action) -> tuple[float, float]:
+        RoundTrips.count, before = 0, commands_processed(probe)
+        for n in range(messages):
+            action(n)
+        trips = RoundTrips.count
+        commands = commands_processed(probe) - before - 1  # less the INFO that measured it
+        return trips / messages, commands / messages
+
+    web_rt, web_cmd = measure(lambda n: client.post(f"/api/sessions/{session_id}/messages",
+                                                    json={"content": f"m{n}"}, headers=headers))
+    RoundTrips.count, before = 0, commands_processed(probe)
+    SimpleWorker([services.queue], connection=services.rq_redis).work(burst=True)
+    job_rt, job_cmd = RoundTrips.count / messages, (commands_processed(probe) - before - 1) / messages
+    base_rt, base_cmd = measure(lambda n: services.queue.enqueue(noop))
+    RoundTrips.count, before = 0, commands_processed(probe)
+    SimpleWorker([services.queue], connection=services.rq_redis).work(burst=True)
+    base_job_rt, base_job_cmd = RoundTrips.count / messages, (commands_processed(probe) - before - 1) / messages
+    figures.add("web: Redis round trips / message", web_rt, base_rt, "rt")
+    figures.add("web: round trips of ours (beyond RQ's enqueue)", web_rt - base_rt, None, "rt", "<= 2")
+    figures.add("web: Redis commands / message", web_cmd, base_cmd, "cmd")
+    figures.add("end to end: round trips / message", web_rt + job_rt, base_rt + base_job_rt, "rt")
+    figures.add("end to end: commands / message", web_cmd + job_cmd, base_cmd + base_job_cmd, "cmd")
+    probe.close()
+
+
+def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 16, rounds: int = 30) -> None:
+    winners, extra = [], []
+
+    def race(session_id, barrier, done):
+        barrier.wait()
+        started = time.perf_counter()
+        resolved = services.sessions.resolve(session_id, user_id)
+        done.append((resolved.how, started, time.perf_counter()))  # list.append is atomic
+
+    for _ in range(rounds):
+        session_id, barrier, done = uuid.uuid4().hex, threading.Barrier(racers), []
+        threads = [threading.Thread(target=race, args=(session_id, barrier, done)) for _ in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winner = next(d for d in done if d[0] == "created")
+        winners.append((winner[2] - winner[1]) * 1000)
+        extra += [max(0.0, (d[2] - winner[2]) * 1000) for d in done if d[0] == "waited"]
+    figures.add("lock hand-off: losers' extra wait p50", pct(extra, 50), pct(winners, 50), "ms")
+    figures.add("lock hand-off: losers' extra wait p99", pct(extra, 99), pct(winners, 99), "ms",
+                "<= 5 ms")
+
+
+def _post_many(port: int, token: str, path_of, total: int, threads: int) -> float:
+    counter = iter(range(total))
+    lock = threading.Lock()
+    errors = []
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                break
+            conn.request("POST", path_of(n), body=json.dumps({"content": f"load {n}"}),
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status not in (200, 202):
+                errors.append(response.status)
+        conn.close()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise click.ClickException(f"load answered errors: {errors[:5]}")
+    return total / (time.perf_counter() - started)
+
+
+def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, total: int = 2000) -> None:
+    """gunicorn (4 processes x 4 threads), 16 client threads, messages spread over existing sessions."""
+    from scripts.devstack import free_port
+
+    port = free_port()
+    web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
+                            "--bind", f"127.0.0.1:{port}", "app:create_app()"],
+                           env=dict(env, ARZANI_BENCH_BASELINE="1"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise click.ClickException("gunicorn did not start for the ingest bench")
+            time.sleep(0.1)
+        session_ids = [uuid.uuid4().hex for _ in range(sessions)]
+        conversation_of = {}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for session_id in session_ids:
+            conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": "start"}),
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            conversation_of[session_id] = json.loads(conn.getresponse().read())["conversation_id"]
+        conn.close()
+
+        def ours(n):
+            return f"/api/sessions/{session_ids[n % sessions]}/messages"
+
+        def baseline(n):
+            session_id = session_ids[n % sessions]
+            return f"/bench/baseline/{session_id}/{conversation_of[session_id]}"
+
+        _post_many(port, token, ours, min(200, total), 16)  # warm every process
+        _post_many(port, token, baseline, min(200, total), 16)
+        base_rate = _post_many(port, token, baseline, total, 16)
+        our_rate = _post_many(port, token, ours, total, 16)
+        figures.add("ingest under gunicorn (4x4), accepted messages/s", our_rate, base_rate, "msg/s", ">= 0.9x")
+        # The load left thousands of reply jobs queued: drop them before anything waits on the queue.
+        from rq import Queue
+
+        Queue(env["ARZANI_QUEUE"], connection=redis.Redis.from_url(env["REDIS_URL"])).empty()
+    finally:
+        web.terminate()
+        web.wait(30)
+
+
+def bench_reply_latency(services, client, headers, env, figures: Figures, count: int = 60) -> None:
+    """Stock rq worker processes; time from the POST's answer to the reply attached."""
+    from sqlalchemy import select
+
+    from app.models import Message
+
+    worker = subprocess.Popen([str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--url",
+                               env["REDIS_URL"], env["ARZANI_QUEUE"]], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        session_id = uuid.uuid4().hex
+        client.post(f"/api/sessions/{session_id}/messages", json={"content": "warm"}, headers=headers)
+        time.sleep(2)  # let the worker start and run the warm-up job before timing
+        ours, base = [], []
+        for n in range(count):
+            posted = client.post(f"/api/sessions/{session_id}/messages", json={"content": f"q{n}"},
+                                 headers=headers).json
+            started = time.perf_counter()  # from the 202 (the job is enqueued) to the reply attached
+            while True:
+                with services.db.session() as db:
+                    if db.scalar(select(Message.id).where(Message.reply_to == posted["message"]["id"])):
+                        break
+                time.sleep(0.002)
+            ours.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            job = services.queue.enqueue(noop)
+            while job.get_status(refresh=True) != "finished":
+                time.sleep(0.002)
+            base.append((time.perf_counter() - started) * 1000)
+        figures.add("reply latency p50 (echo agent)", pct(ours, 50), pct(base, 50), "ms", "<= 1.3x")
+        figures.add("reply latency p99 (echo agent)", pct(ours, 99), pct(base, 99), "ms")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def bench_sidebar(database_url: str, figures: Figures, sizes=(10_000, 1_000_000)) -> None:
+    from sqlalchemy import insert
+
+    from app.config import Settings
+    from app.conversations import list_conversations
+    from app.models import Conversation, Message, User, utcnow
+    from app.services import Services
+
+    timings = {}
+    for size in sizes:
+        directory = tempfile.mkdtemp(prefix="arzani-bench-sidebar-")
+        services = Services(Settings(redis_url=None, database_url=f"sqlite:///{directory}/s.db"))
+        services.db.create_all()
+        conversations, per = 200, size // 200
+        now = utcnow()
+        with services.db.write() as db:
+            db.add(User(id=1, name="bench"))
+            db.flush()
+            db.execute(insert(Conversation), [
+                {"id": f"c{c:05d}", "user_id": 1, "session_id": f"s{c:08d}", "title": f"chat {c}",
+                 "created_at": now, "updated_at": now, "created_by": "bench", "creation_fence": 0,
+                 "message_count": per} for c in range(conversations)])
+            batch = []
+            for c in range(conversations):
+                for m in range(per):
+                    batch.append({"conversation_id": f"c{c:05d}", "role": "user", "content": f"message {m}",
+                                  "status": "answered", "created_at": now})
+                if len(batch) >= 50_000:
+                    db.execute(insert(Message), batch)
+                    batch = []
+            if batch:
+                db.execute(insert(Message), batch)
+        list_conversations(services, 1, 50, None)  # warm
+        runs = []
+        for _ in range(30):
+            started = time.perf_counter()
+            list_conversations(services, 1, 50, None)
+            runs.append((time.perf_counter() - started) * 1000)
+        timings[size] = statistics.median(runs)
+        services.close()
+    small, large = sizes
+    figures.add(f"sidebar page (50 of 200 chats), {large:,} messages", timings[large], timings[small], "ms",
+                "<= 2x the 10k figure")
+
+
+def bench_memory(services, figures: Figures) -> None:
+    sizes, fence = [], []
+    for key in services.redis.scan_iter(match="arzani:session:{*}", count=500):
+        if key.endswith("}"):
+            sizes.append(services.redis.memory_usage(key))
+            fence.append(services.redis.memory_usage(key + ":fence") or 0)
+    # Baseline: the smallest thing that could map a session to a conversation, one string key.
+    services.redis.set("bench:baseline:" + "x" * 32, str(uuid.uuid4()))
+    baseline = services.redis.memory_usage("bench:baseline:" + "x" * 32)
+    figures.add("Redis memory per session: hash", statistics.mean(sizes), baseline, "bytes")
+    figures.add("Redis memory per session: fence counter", statistics.mean(fence), baseline, "bytes")
+    per_session = statistics.mean(s + f for s, f in zip(sizes, fence, strict=True))
+    figures.add("Redis memory per session: both", per_session, baseline, "bytes", "<= 300")
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="sidebar at 10k and 100k messages instead of 10k and 1M")
+@click.option("--smoke", is_flag=True, help="tiny sizes everywhere: checks the command runs, figures mean little")
+def bench(quick: bool, smoke: bool) -> None:
+    """Print the service's figures, each beside a baseline measured in the same run."""
+    from app import create_app
+    from app.auth import create_api_user
+    from app.config import Settings
+    from app.services import Services
+    from scripts.devstack import EmbeddedRedis
+
+    RoundTrips.install()
+    embedded = EmbeddedRedis().start()
+    directory = tempfile.mkdtemp(prefix="arzani-bench-")
+    env = dict(os.environ, REDIS_URL=embedded.url, DATABASE_URL=f"sqlite:///{directory}/bench.db",
+               ARZANI_QUEUE="arzani-bench", ARZANI_LOG_LEVEL="WARNING", ARZANI_RATE_LIMIT="off",
+               ARZANI_SECRET_KEY="bench")
+    figures = Figures()
+    try:
+        settings = Settings.from_env(env)
+        services = Services(settings)
+        services.db.create_all()
+        from workers import jobs
+
+        jobs.use_services(Services(settings, process_kind="worker"))
+        app = create_app({"TESTING": True}, services=services)
+        client = app.test_client()
+        user, token = create_api_user(services, "bench")
+        headers = {"Authorization": f"Bearer {token}"}
+        click.echo("measuring Redis round trips...", err=True)
+        bench_round_trips(services, client, headers, figures, messages=10 if smoke else 50)
+        click.echo("measuring the lock hand-off...", err=True)
+        bench_lock_handoff(services, user.id, figures, rounds=3 if smoke else 30)
+        click.echo("measuring ingest under gunicorn...", err=True)
+        bench_ingest(env, token, figures, sessions=5 if smoke else 50, total=100 if smoke else 2000)
+        click.echo("measuring reply latency...", err=True)
+        bench_reply_latency(services, client, headers, env, figures, count=5 if smoke else 60)
+        click.echo("measuring Redis memory...", err=True)
+        bench_memory(services, figures)
+        click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
+        sizes = (1_000, 2_000) if smoke else (10_000, 100_000) if quick else (10_000, 1_000_000)
+        bench_sidebar(settings.database_url, figures, sizes=sizes)
+        services.close()
+    finally:
+        embedded.close()
+    figures.print()

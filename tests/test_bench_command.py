@@ -1,0 +1,24 @@
+"""`arzani bench --smoke` runs end to end and prints every figure beside its baseline
+(the figures themselves are for the README, not for assertions)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.stack import BIN
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_prints_every_figure(tmp_path):
+    result = subprocess.run([str(BIN / "arzani"), "bench", "--smoke"], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line and not line.startswith("figure")]
+    names = " | ".join(rows)
+    for figure in ("round trips / message", "commands / message", "losers' extra wait p99",
+                   "accepted messages/s", "reply latency p50", "memory per session", "sidebar page"):
+        assert figure in names, result.stdout
+    assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
