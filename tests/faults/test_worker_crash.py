@@ -47,6 +47,9 @@ def test_a_work_horse_killed_mid_reply_is_retried_and_replies_once(api, services
 
 
 def test_a_whole_worker_killed_mid_reply_is_recovered_by_rq_maintenance(api, services, workers, fake_llm):
+    if not services.db.is_sqlite:
+        pytest.skip("RQ's recovery of a dead worker does not involve the database: measured once, "
+                    "on SQLite (it takes a minute)")
     # --job-monitoring-interval 1: the dead worker's started-registry entry expires ~61 s after
     # its last heartbeat; the survivor's maintenance pass then retries the job. An idle worker
     # only looks at its maintenance clock when its blocking dequeue times out (worker TTL - 15 s,
