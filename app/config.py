@@ -55,6 +55,8 @@ def _rate_limit(raw: str) -> str | None:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (sessions and locks)
+    queue_redis_url: str | None = None  # RQ's Redis if not REDIS_URL (RQ does not run on a cluster)
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     env: str = "development"
@@ -86,8 +88,14 @@ class Settings:
         if agent not in AGENTS:
             raise ConfigurationError(f"ARZANI_AGENT must be one of {', '.join(AGENTS)}, got {agent!r}")
         extra = {"secret_key": secret_key} if secret_key else {}
+        redis_cluster = (environ.get("ARZANI_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes")
+        queue_redis_url = environ.get("ARZANI_QUEUE_REDIS_URL") or None
+        if redis_cluster and not queue_redis_url:
+            raise ConfigurationError("ARZANI_REDIS_CLUSTER=1 needs ARZANI_QUEUE_REDIS_URL: RQ cannot use a cluster")
         return cls(
             redis_url=environ.get("REDIS_URL") or None,
+            redis_cluster=redis_cluster,
+            queue_redis_url=queue_redis_url,
             database_url=environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             env=env,
             agent=agent,

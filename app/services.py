@@ -34,19 +34,32 @@ class Services:
 
     @cached_property
     def redis(self) -> Redis:
-        """Client for our own keys (str in, str out)."""
-        return self._redis_client(decode_responses=True)
+        """Client for our own keys (str in, str out); a cluster client with ARZANI_REDIS_CLUSTER=1.
+        Every key of one session carries the `{SID}` hash tag, so each script and pipeline of
+        the session service stays in one slot."""
+        if self.settings.redis_cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(self._redis_url(self.settings.redis_url), decode_responses=True,
+                                         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                                         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S)
+        return self._redis_client(self.settings.redis_url, decode_responses=True)
 
     @cached_property
     def rq_redis(self) -> Redis:
         """Client for RQ, which stores pickled bytes and needs decode_responses=False."""
-        return self._redis_client(decode_responses=False)
+        return self._redis_client(self.settings.queue_redis_url or self.settings.redis_url,
+                                  decode_responses=False)
 
-    def _redis_client(self, *, decode_responses: bool) -> Redis:
-        if not self.settings.redis_url:
+    @staticmethod
+    def _redis_url(url: str | None) -> str:
+        if not url:
             raise ConfigurationError("REDIS_URL is not set (make run starts a Redis and sets it)")
+        return url
+
+    def _redis_client(self, url: str | None, *, decode_responses: bool) -> Redis:
         return Redis.from_url(
-            self.settings.redis_url,
+            self._redis_url(url),
             decode_responses=decode_responses,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
@@ -67,7 +80,10 @@ class Services:
     def rate_limiter(self) -> RateLimiter | None:
         if not self.settings.rate_limit:
             return None
-        return RateLimiter(self.settings.redis_url, self.settings.rate_limit)
+        url = self.settings.redis_url
+        if self.settings.redis_cluster:  # the `limits` library's name for a cluster
+            url = url.replace("redis://", "redis+cluster://", 1)
+        return RateLimiter(url, self.settings.rate_limit)
 
     @cached_property
     def queue(self) -> Queue:

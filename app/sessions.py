@@ -114,7 +114,8 @@ class SessionService:
 
     def reserve(self, session_id: str, user_id: int) -> None:
         """Claim a server-minted session id for its user before any conversation exists."""
-        pipe = self.redis.pipeline(transaction=True)
+        # Not a transaction: the id was just minted at random, nobody else knows it yet.
+        pipe = self.redis.pipeline(transaction=False)
         key = keys.session_key(session_id)
         stamp = now_ms()
         pipe.hsetnx(key, "user_id", user_id)
