@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from app import keys
+from app import keys, metrics
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.services import Services
@@ -103,6 +103,7 @@ def post_message(
     except _StaleConversation:
         # The tracked key named a conversation the database does not have live for this session
         # (deleted, or a key from before a restore). The database wins: drop the key, resolve again.
+        metrics.session_mismatches.labels(side="web").inc()
         log.warning(
             "session key disagrees with the database: key dropped, session resolved again",
             extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
@@ -120,6 +121,7 @@ def post_message(
             _enqueue_or_leave_to_sweeper(services, existing.id)
         return PostedMessage(session_id, resolved.conversation_id, message_json(existing),
                              reply_job_id(existing.id), False, resolved.how)
+    metrics.messages_accepted.inc()
     job_id = _enqueue_or_leave_to_sweeper(services, message.id)
     return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
                          resolved.how)

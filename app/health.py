@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
+
+from app import metrics
 
 bp = Blueprint("health", __name__)
 
@@ -10,6 +12,13 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    """Prometheus exposition, summed over every process of this host (see app/metrics.py)."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/readyz")

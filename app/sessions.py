@@ -28,7 +28,7 @@ from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import select
 
-from app import keys
+from app import keys, metrics
 from app.db import Database
 from app.errors import NotFound, SessionBusy, StaleFence
 from app.locks import SessionLock
@@ -154,6 +154,7 @@ class SessionService:
             while True:
                 lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
                 if lock.acquire():
+                    metrics.lock_acquisitions.inc()
                     try:
                         return self._resolve_holding(lock, session_id, user_id, waited=pubsub is not None)
                     except StaleFence:
@@ -167,6 +168,7 @@ class SessionService:
                     # look, one that finishes after is heard on the channel. Nothing falls between.
                     pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(keys.released_channel(session_id))
+                    metrics.lock_waits.inc()
                     log.info(
                         "session lock busy: waiting for its holder",
                         extra={"session_id": session_id, "proc": process_name(self.process_kind)},
@@ -194,6 +196,7 @@ class SessionService:
     def _waited(self, session_id: str, conversation_id: str, owner: str, user_id: int,
                 started: float) -> ResolvedSession:
         self._check_owner(session_id, {"user_id": owner}, user_id)
+        metrics.lock_wait_seconds.observe(time.monotonic() - started)
         log.info(
             "session resolved after waiting for the lock holder",
             extra={
@@ -243,6 +246,7 @@ class SessionService:
                 raise NotFound("session not found")
             live = [row for row in rows if row.deleted_at is None]
             if live:
+                metrics.session_key_misses.inc()
                 log.warning(
                     "session key missing: conversation recovered from the database",
                     extra={"session_id": session_id, "conversation_id": live[0].id,
@@ -267,12 +271,14 @@ class SessionService:
         if created_id is None:
             if conversation.user_id != user_id:
                 raise NotFound("session not found")
+            metrics.unique_constraint_saves.inc()
             log.warning(
                 "unique constraint kept a second conversation out",
                 extra={"session_id": session_id, "conversation_id": conversation.id,
                        "proc": process_name(self.process_kind)},
             )
             return conversation, "recovered"
+        metrics.conversations_created.inc()
         log.info(
             "conversation created",
             extra={"session_id": session_id, "conversation_id": conversation.id,
@@ -300,7 +306,9 @@ class SessionService:
         lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
         if not lock.acquire():
             return False
+        metrics.lock_acquisitions.inc()
         written = self._commit(lock, conversation)
+        metrics.session_key_repairs.inc()
         log.warning(
             "session key repaired from the database",
             extra={"session_id": session_id, "conversation_id": conversation.id,

@@ -121,6 +121,11 @@ def run(web_processes: int, worker_count: int) -> None:
     # signed by one gunicorn worker would be refused by the next.
     env.setdefault("ARZANI_SECRET_KEY", secrets.token_hex(32))
     env["PYTHONUNBUFFERED"] = "1"
+    # Every process writes its metrics here and GET /metrics adds them up (app/metrics.py).
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="arzani-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # The Procfile names gunicorn, rq and arzani: find them beside this interpreter (the venv's bin).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
 
@@ -159,4 +164,6 @@ def run(web_processes: int, worker_count: int) -> None:
     finally:
         if embedded is not None:
             embedded.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(manager.returncode or 0)

@@ -13,7 +13,7 @@ import logging
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import events
+from app import events, metrics
 from app.config import Settings
 from app.conversations import message_json
 from app.logs import configure_logging
@@ -45,6 +45,17 @@ def use_services(replacement: Services | None) -> None:
 def reply(message_id: int) -> dict:
     """Answer user message `message_id`, and any earlier unanswered one of its conversation first,
     so that replies within a session are attached in the order of the user messages."""
+    outcome = "error"
+    with metrics.job_seconds.time():
+        try:
+            result = _reply(message_id)
+            outcome = result.get("outcome", "ok")
+            return result
+        finally:
+            metrics.jobs.labels(outcome=outcome).inc()
+
+
+def _reply(message_id: int) -> dict:
     svc = services()
     with svc.db.session() as db:
         message = db.get(Message, message_id)
@@ -83,6 +94,7 @@ def _check_session_key(svc: Services, conversation: Conversation) -> None:
     tracked_id = tracked.get("conversation_id")
     if tracked_id == conversation.id:
         return
+    metrics.session_mismatches.labels(side="worker").inc()
     log.warning(
         "session key disagrees with the message's conversation: repairing from the database",
         extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
@@ -139,6 +151,7 @@ def _answer(svc: Services, agent, conversation: Conversation, user_message_id: i
                                                                   "conversation_id": conversation.id})
         _mark_answered(svc, user_message_id)
         return False
+    metrics.replies_attached.inc()
     events.publish(svc.redis, conversation.session_id,
                    {"type": "reply", "reply_to": user_message_id, "message": message_json(reply_message)})
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
@@ -168,6 +181,8 @@ def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None)
         ).rowcount
         session_id = db.scalar(select(Conversation.session_id).join(Message, Message.conversation_id == Conversation.id)
                                .where(Message.id == message_id))
+    if changed:
+        metrics.reply_failures.inc()
     if changed and session_id:
         events.publish(svc.redis, session_id, {"type": "failed", "message_id": message_id})
     log.error("reply failed for good: message marked failed",

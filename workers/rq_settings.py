@@ -4,8 +4,41 @@ already loaded; without it each horse imports Flask, SQLAlchemy and the app afre
 of a job that otherwise takes a few milliseconds (measured with `arzani race`). Nothing here
 connects to anything: connections are made lazily, in the horse (workers/jobs.py)."""
 
-import workers.jobs
-import workers.maintenance  # noqa: F401
+from __future__ import annotations
+
+import os
+
+from prometheus_client import values
+
+_WORKER_PID = os.getpid()
+
+
+class _HorseFile(str):
+    """The identifier prometheus-client names a process's metric files by. As a string it is the
+    worker's pid, so every horse of this worker writes to the worker's files (one set per worker,
+    not one per job). It compares unequal from one process to the next, so that each new horse
+    sees "a fork happened" and re-reads the values from the file instead of carrying on from the
+    parent's stale copy. The horses of one worker run one at a time, so no two write at once."""
+
+    def __new__(cls, pid: int) -> _HorseFile:
+        made = super().__new__(cls, str(_WORKER_PID))
+        made.pid = pid
+        return made
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other) and getattr(other, "pid", None) == self.pid
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _HorseFile(os.getpid()))
+
+import workers.jobs  # noqa: E402  (after the value class: metrics are made at import)
+import workers.maintenance  # noqa: E402, F401
 
 # The wiring too (an engine and Redis clients, not yet connected): each horse inherits it instead
 # of building its own. app/db.py disposes the engine's pool in the child; redis-py pools notice
