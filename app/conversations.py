@@ -15,7 +15,8 @@ from datetime import datetime
 
 from redis.exceptions import RedisError
 from rq import Callback, Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -360,9 +361,6 @@ def retry_reply(services: Services, user_id: int, conversation_id: str, message_
         if message.status != MessageStatus.FAILED:
             raise Conflict(f"only a failed message can be retried; this one is {message.status}")
         message.status = MessageStatus.PENDING
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
     try:  # the failed job keeps its id in RQ's failed registry: make room for the new attempt
         Job.fetch(reply_job_id(message_id), connection=services.rq_redis).delete()
     except NoSuchJobError:

@@ -227,18 +227,11 @@ def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def main() -> None:  # pragma: no cover - console entry point alternative
-    sys.exit(cli())
-
-
-from scripts.devstack import run  # noqa: E402  (commands live in their own modules)
-
-cli.add_command(run)
-
+# Commands that live in their own modules (imported last: they use nothing above).
+from scripts.bench import bench  # noqa: E402
+from scripts.devstack import run  # noqa: E402
 from scripts.race import race  # noqa: E402
 
+cli.add_command(run)
 cli.add_command(race)
-
-from scripts.bench import bench  # noqa: E402
-
 cli.add_command(bench)
