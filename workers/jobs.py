@@ -13,7 +13,7 @@ import logging
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import events, metrics
+from app import events, keys, metrics
 from app.config import Settings
 from app.conversations import message_json
 from app.logs import configure_logging
@@ -90,8 +90,7 @@ def _reply(message_id: int) -> dict:
 def _check_session_key(svc: Services, conversation: Conversation) -> None:
     """The session key should name the message's conversation. The database is authoritative:
     on disagreement (or a lost key) log it and rewrite the key from the database."""
-    tracked, _, _ = svc.sessions.tracked(conversation.session_id)
-    tracked_id = tracked.get("conversation_id")
+    tracked_id = svc.redis.hget(keys.session_key(conversation.session_id), "conversation_id")
     if tracked_id == conversation.id:
         return
     metrics.session_mismatches.labels(side="worker").inc()
