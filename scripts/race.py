@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import click
 
 OK_STATUSES = (200, 202)
+BARRIER_TIMEOUT_S = 120.0
+"""A racer that cannot line up for this long (another one is stuck) breaks the barrier."""
 
 
 class Client:
@@ -54,7 +56,10 @@ class Client:
                 self.conn.request(method, path, body=payload, headers=self.headers)
                 response = self.conn.getresponse()
                 raw = response.read()
-                data = json.loads(raw) if raw else None
+                try:
+                    data = json.loads(raw) if raw else None
+                except ValueError:  # an HTML error page from a proxy, a truncated body...
+                    data = {"error": {"code": "not-json", "message": raw[:200].decode("utf-8", "replace")}}
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, data
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 # A keep-alive connection the server closed while idle: reconnect once. (A POST
@@ -78,13 +83,13 @@ def _racer_process(url, token, session_ids, concurrency, barrier, results, proce
         client = Client(url, token)
         try:
             for session_id in session_ids:
-                barrier.wait()
+                barrier.wait(BARRIER_TIMEOUT_S)
                 body = {"content": f"race {session_id} p{process_index} t{thread_index}",
                         "client_message_id": f"race-p{process_index}-t{thread_index}"}
                 started = time.perf_counter()
                 try:
                     status, headers, data = client.call("POST", f"/api/sessions/{session_id}/messages", body)
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     status, headers, data = 0, {}, {"error": {"code": "connection", "message": str(exc)}}
                 latency_ms = (time.perf_counter() - started) * 1000
                 record = {"session_id": session_id, "status": status, "latency_ms": latency_ms,
@@ -93,7 +98,7 @@ def _racer_process(url, token, session_ids, concurrency, barrier, results, proce
                     record["conversation_id"] = data["conversation_id"]
                     record["message_id"] = data["message"]["id"]
                 else:
-                    record["error"] = data
+                    record["error"] = {"status": status, "body": data}
                 with lock:
                     records.append(record)
         finally:
@@ -161,7 +166,7 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
         details = {}
         for conversation in server_conversations:
             _, _, details[conversation["id"]] = client.call("GET", f"/api/conversations/{conversation['id']}")
-        pending = sum(1 for d in details.values() for m in d["messages"]
+        pending = sum(1 for d in details.values() for m in d.get("messages", [])
                       if m["role"] == "user" and m["status"] == "pending")
         if not pending or time.monotonic() > deadline:
             break
@@ -172,12 +177,11 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
     duplicates = sum(n - 1 for n in per_session.values())
     misplaced = told_apart
     missing = failed = replies = 0
-    accepted_ids = {r["message_id"] for r in accepted}
-    seen_ids = set()
+    found_in: dict[int, dict] = {}
     for conversation in server_conversations:
-        messages = details[conversation["id"]]["messages"]
+        messages = details[conversation["id"]].get("messages", [])
         users = {m["id"]: m for m in messages if m["role"] == "user"}
-        seen_ids |= users.keys()
+        found_in.update(dict.fromkeys(users, conversation))
         answered = set()
         for message in messages:
             if message["role"] != "assistant":
@@ -192,7 +196,10 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
             elif message_id not in answered:
                 missing += 1
     # an accepted message that is in none of its session's conversations went somewhere else
-    misplaced += len(accepted_ids - seen_ids)
+    for record in accepted:
+        home = found_in.get(record["message_id"])
+        if home is None or home["session_id"] != record["session_id"] or home["id"] != record["conversation_id"]:
+            misplaced += 1
 
     def latencies(kind: str | None) -> list[float]:
         return sorted(r["latency_ms"] for r in accepted if kind is None or r["resolution"] == kind)
@@ -204,6 +211,7 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
         "messages_accepted": len(accepted),
         "errors": len(errors),
         "conversations_created": len(server_conversations),
+        "conversations_seen": len({r["conversation_id"] for r in accepted}),
         "duplicates": duplicates,
         "misplaced_replies": misplaced,
         "missing_replies": missing,

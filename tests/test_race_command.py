@@ -9,9 +9,8 @@ import pytest
 
 from tests.stack import BIN, Stack
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_race_reports_one_conversation_per_session_and_every_reply(redis_url, tmp_path):
     stack = Stack(redis_url, f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
     stack.init_db()
@@ -37,6 +36,7 @@ def test_race_reports_one_conversation_per_session_and_every_reply(redis_url, tm
         stack.close()
 
 
+@pytest.mark.slow
 def test_race_exits_non_zero_when_the_server_refuses(redis_url, tmp_path):
     stack = Stack(redis_url, f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
     stack.init_db()
@@ -51,3 +51,37 @@ def test_race_exits_non_zero_when_the_server_refuses(redis_url, tmp_path):
         assert "401" in result.stdout + result.stderr
     finally:
         stack.close()
+
+
+class _FakeServer:
+    """Stands in for the HTTP client of `arzani race`: serves crafted server answers."""
+
+    def __init__(self, conversations, messages):
+        self.conversations, self.messages = conversations, messages
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def call(self, method, path, body=None):
+        if path.startswith("/api/conversations?"):
+            return 200, {}, {"conversations": self.conversations, "next_cursor": None}
+        return 200, {}, {"messages": self.messages[path.rsplit("/", 1)[1]]}
+
+    def close(self):
+        pass
+
+
+def test_race_counts_a_message_filed_under_another_session_as_misplaced(monkeypatch):
+    """Session A's messages stored in session B's conversation, and the server's answers agree
+    with each other: only checking each message's home conversation catches it."""
+    from scripts import race
+
+    messages = [{"id": i, "role": "user", "status": "answered"} for i in (1, 2, 3, 4)] + \
+               [{"id": 10 + i, "role": "assistant", "reply_to": i} for i in (1, 2, 3, 4)]
+    monkeypatch.setattr(race, "Client", _FakeServer([{"id": "cB", "session_id": "sessionB00"}], {"cB": messages}))
+    records = [{"session_id": s, "status": 202, "latency_ms": 1.0, "resolution": how, "conversation_id": "cB",
+                "message_id": m} for s, m, how in [("sessionA00", 1, "created"), ("sessionA00", 2, "tracked"),
+                                                   ("sessionB00", 3, "created"), ("sessionB00", 4, "tracked")]]
+    report = race._report("http://unused", "t", ["sessionA00", "sessionB00"], records, 1.0, 0)
+    assert report["misplaced_replies"] == 2
+    assert report["ok"] is False
