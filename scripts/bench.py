@@ -278,7 +278,8 @@ def bench_reply_latency(services, client, headers, env, figures: Figures, count:
         worker.wait(30)
 
 
-def bench_sidebar(database_url: str, figures: Figures, sizes=(10_000, 1_000_000)) -> None:
+def bench_sidebar(figures: Figures, sizes=(10_000, 1_000_000)) -> None:
+    """Each size in a database of its own (SQLite), 200 conversations, the first page of 50."""
     from sqlalchemy import insert
 
     from app.config import Settings
@@ -379,7 +380,7 @@ def bench(quick: bool, smoke: bool) -> None:
         bench_memory(services, figures)
         click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
         sizes = (1_000, 2_000) if smoke else (10_000, 100_000) if quick else (10_000, 1_000_000)
-        bench_sidebar(settings.database_url, figures, sizes=sizes)
+        bench_sidebar(figures, sizes=sizes)
         services.close()
     finally:
         embedded.close()

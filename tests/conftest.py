@@ -118,6 +118,25 @@ def api(make_api):
 
 
 @pytest.fixture
+def make_stack(redis_url, tmp_path):
+    """Real processes (tests/stack.py) on the test's Redis and a fresh SQLite file, schema
+    migrated; every stack made is closed when the test ends."""
+    from tests.stack import Stack
+
+    made = []
+
+    def _make(database_url: str | None = None, **env: str) -> Stack:
+        stack = Stack(redis_url, database_url or f"sqlite:///{tmp_path / f'stack{len(made)}.db'}", tmp_path, **env)
+        made.append(stack)
+        stack.init_db()
+        return stack
+
+    yield _make
+    for stack in made:
+        stack.close()
+
+
+@pytest.fixture
 def run_jobs(services):
     """Run every queued reply job now, in this process, against the real Redis."""
 

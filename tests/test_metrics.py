@@ -8,8 +8,6 @@ import uuid
 
 import pytest
 
-from tests.stack import Stack
-
 pytestmark = pytest.mark.slow
 
 
@@ -28,38 +26,34 @@ def scrape(stack) -> dict[str, float]:
     return values
 
 
-def test_metrics_add_up_across_web_processes_and_work_horses(redis_url, tmp_path):
+def test_metrics_add_up_across_web_processes_and_work_horses(make_stack, tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'm.db'}", tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    stack.init_db()
-    try:
-        stack.start_web(workers=3, threads=2)
-        token = stack.create_user("metered")
-        for name in ("w1", "w2"):
-            stack.start_worker(name, "-c", "workers.rq_settings")
-        sessions = [uuid.uuid4().hex for _ in range(4)]
-        for n in range(3):
-            for session_id in sessions:
-                status, _ = stack.request("POST", f"/api/sessions/{session_id}/messages",
-                                          {"content": f"count me {n}"}, token=token)
-                assert status == 202
-        deadline = time.monotonic() + 60
-        while scrape(stack).get("arzani_replies_attached_total", 0) < 12:
-            assert time.monotonic() < deadline, scrape(stack)
-            time.sleep(0.2)
-        for _ in range(6):  # whichever gunicorn worker answers, it reports every process's counts
-            values = scrape(stack)
-            assert values["arzani_conversations_created_total"] == 4
-            assert values["arzani_messages_accepted_total"] == 12
-            assert values["arzani_replies_attached_total"] == 12
-            assert values['arzani_reply_jobs_total{outcome="ok"}'] == 12
-            assert values["arzani_reply_job_seconds_count"] == 12
-            assert values["arzani_lock_acquisitions_total"] == 4
-        # 12 jobs ran in 12 work-horses, but horses write under their worker's pid: the files
-        # name the 3 web workers, the 2 rq workers and the 2 `arzani` commands that set up the
-        # database and the user, not one process per job.
-        writers = {re.sub(r"^[a-z]+_", "", p.stem) for p in metrics_dir.glob("*.db")}
-        assert len(writers) <= 3 + 2 + 2, writers
-    finally:
-        stack.close()
+    stack = make_stack(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    stack.start_web(workers=3, threads=2)
+    token = stack.create_user("metered")
+    for name in ("w1", "w2"):
+        stack.start_worker(name, "-c", "workers.rq_settings")
+    sessions = [uuid.uuid4().hex for _ in range(4)]
+    for n in range(3):
+        for session_id in sessions:
+            status, _ = stack.request("POST", f"/api/sessions/{session_id}/messages",
+                                      {"content": f"count me {n}"}, token=token)
+            assert status == 202
+    deadline = time.monotonic() + 60
+    while scrape(stack).get("arzani_replies_attached_total", 0) < 12:
+        assert time.monotonic() < deadline, scrape(stack)
+        time.sleep(0.2)
+    for _ in range(6):  # whichever gunicorn worker answers, it reports every process's counts
+        values = scrape(stack)
+        assert values["arzani_conversations_created_total"] == 4
+        assert values["arzani_messages_accepted_total"] == 12
+        assert values["arzani_replies_attached_total"] == 12
+        assert values['arzani_reply_jobs_total{outcome="ok"}'] == 12
+        assert values["arzani_reply_job_seconds_count"] == 12
+        assert values["arzani_lock_acquisitions_total"] == 4
+    # 12 jobs ran in 12 work-horses, but horses write under their worker's pid: the files
+    # name the 3 web workers, the 2 rq workers and the 2 `arzani` commands that set up the
+    # database and the user, not one process per job.
+    writers = {re.sub(r"^[a-z]+_", "", p.stem) for p in metrics_dir.glob("*.db")}
+    assert len(writers) <= 3 + 2 + 2, writers

@@ -7,50 +7,39 @@ import subprocess
 
 import pytest
 
-from tests.stack import BIN, Stack
+from tests.stack import BIN
+
+
+def run_race(stack, token: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "arzani"), "race", "--url", stack.url, "--token", token, *args],
+                          capture_output=True, text=True, timeout=300, env=stack.env)
 
 
 @pytest.mark.slow
-def test_race_reports_one_conversation_per_session_and_every_reply(redis_url, tmp_path):
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
-    stack.init_db()
-    try:
-        stack.start_web(workers=4, threads=4)
-        token = stack.create_user("racer")
-        stack.start_worker("w1", "-c", "workers.rq_settings")
-        stack.start_worker("w2", "-c", "workers.rq_settings")
-        result = subprocess.run(
-            [str(BIN / "arzani"), "race", "--url", stack.url, "--token", token,
-             "-n", "3", "-m", "5", "-k", "4", "--reply-timeout", "120", "--json"],
-            capture_output=True, text=True, timeout=300, env=stack.env,
-        )
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert result.returncode == 0, (report, result.stderr[-2000:])
-        assert report["messages_accepted"] == 3 * 5 * 4
-        assert report["conversations_created"] == 5
-        assert report["resolutions"]["created"] == 5  # exactly one winner per race
-        assert (report["duplicates"], report["misplaced_replies"], report["missing_replies"],
-                report["errors"]) == (0, 0, 0, 0)
-        assert report["replies"] == 60
-    finally:
-        stack.close()
+def test_race_reports_one_conversation_per_session_and_every_reply(make_stack):
+    stack = make_stack()
+    stack.start_web(workers=4, threads=4)
+    token = stack.create_user("racer")
+    stack.start_worker("w1", "-c", "workers.rq_settings")
+    stack.start_worker("w2", "-c", "workers.rq_settings")
+    result = run_race(stack, token, "-n", "3", "-m", "5", "-k", "4", "--reply-timeout", "120", "--json")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, (report, result.stderr[-2000:])
+    assert report["messages_accepted"] == 3 * 5 * 4
+    assert report["conversations_created"] == 5
+    assert report["resolutions"]["created"] == 5  # exactly one winner per race
+    assert (report["duplicates"], report["misplaced_replies"], report["missing_replies"],
+            report["errors"]) == (0, 0, 0, 0)
+    assert report["replies"] == 60
 
 
 @pytest.mark.slow
-def test_race_exits_non_zero_when_the_server_refuses(redis_url, tmp_path):
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'race.db'}", tmp_path)
-    stack.init_db()
-    try:
-        stack.start_web(workers=1, threads=2)
-        result = subprocess.run(
-            [str(BIN / "arzani"), "race", "--url", stack.url, "--token", "not-a-token",
-             "-n", "1", "-m", "1", "-k", "2", "--reply-timeout", "1"],
-            capture_output=True, text=True, timeout=120, env=stack.env,
-        )
-        assert result.returncode == 1
-        assert "401" in result.stdout + result.stderr
-    finally:
-        stack.close()
+def test_race_exits_non_zero_when_the_server_refuses(make_stack):
+    stack = make_stack()
+    stack.start_web(workers=1, threads=2)
+    result = run_race(stack, "not-a-token", "-n", "1", "-m", "1", "-k", "2", "--reply-timeout", "1")
+    assert result.returncode == 1
+    assert "401" in result.stdout + result.stderr
 
 
 class _FakeServer:

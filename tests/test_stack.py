@@ -9,19 +9,12 @@ import uuid
 
 import pytest
 
-from tests.stack import Stack
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def stack(redis_url, tmp_path):
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'stack.db'}", tmp_path)
-    stack.init_db()
-    try:
-        yield stack
-    finally:
-        stack.close()
+def stack(make_stack):
+    return make_stack()
 
 
 def test_concurrent_first_messages_over_http_make_one_conversation_and_one_reply_each(stack):
