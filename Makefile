@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast lint repeat clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Flake hunting: make repeat N=20 LOAD=2 TESTS="tests/faults -k sqlite" (failures per test)
+N ?= 10
+LOAD ?= 0
+TESTS ?= -m slow
+repeat: $(STAMP)
+	$(BIN)/python -m tests.repeat -n $(N) --load $(LOAD) -- $(TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app workers scripts tests

@@ -13,15 +13,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeLLM:
+    GATHER_TIMEOUT_S = 60.0
+
     def __init__(self):
         self.requests: list[dict] = []
         self.arrived = threading.Condition()
         self._release = threading.Event()
         self._release.set()
-        self.gather = 0  # when > 0: answer nobody until this many requests are in flight
+        self._gathered = True
+        self.gather_timeouts = 0  # requests that waited GATHER_TIMEOUT_S for the others in vain
         self.fail_next = 0  # answer this many requests with HTTP 500
         self.token_delay_s = 0.0  # pause between streamed words (to watch a reply being written)
         self._in_flight = 0
+        self._gather = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -36,11 +40,21 @@ class FakeLLM:
 
     def close(self) -> None:
         self._release.set()
-        with self.arrived:
-            self.gather = 0
-            self.arrived.notify_all()
+        self.gather = 0
         self.server.shutdown()
         self.server.server_close()
+
+    @property
+    def gather(self) -> int:
+        """When > 0: answer nobody until this many requests are in flight at once (then everybody)."""
+        return self._gather
+
+    @gather.setter
+    def gather(self, count: int) -> None:
+        with self.arrived:
+            self._gather = count
+            self._gathered = count <= self._in_flight
+            self.arrived.notify_all()
 
     def hold(self) -> None:
         self._release.clear()
@@ -65,8 +79,13 @@ class FakeLLM:
                 with fake.arrived:
                     fake.requests.append(body)
                     fake._in_flight += 1
+                    if fake._in_flight >= fake.gather:
+                        # A latch, not a level: the first request through may finish (and leave
+                        # `_in_flight`) before the others wake up and look at the count again.
+                        fake._gathered = True
                     fake.arrived.notify_all()
-                    fake.arrived.wait_for(lambda: fake._in_flight >= fake.gather, timeout=60)
+                    if not fake.arrived.wait_for(lambda: fake._gathered, timeout=fake.GATHER_TIMEOUT_S):
+                        fake.gather_timeouts += 1
                     failing = fake.fail_next > 0
                     fake.fail_next -= 1 if failing else 0
                 fake._release.wait(120)
