@@ -88,8 +88,11 @@ def test_two_tabs_sending_the_first_message_of_one_chat_at_once_make_one_convers
     start_at = first.page.evaluate("Date.now() + 400")
     for tab in (first, second):
         tab.page.evaluate(f"setTimeout(() => document.getElementById('send').click(), {start_at} - Date.now())")
-    first.wait_for_replies(1)
-    second.wait_for_replies(1)
+    # Both messages land in one conversation, so each tab ends up showing both replies. (Waiting
+    # for one reply per tab raced the second job: a tab could show the first reply while the
+    # second was still being written.)
+    first.wait_for_replies(2)
+    second.wait_for_replies(2)
     status = first.status()["server"]
     conversations = [c for c in first.api("/api/conversations?limit=100")["conversations"]
                      if c["session_id"] == session_id]
