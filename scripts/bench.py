@@ -192,7 +192,7 @@ def _post_many(port: int, token: str, path_of, total: int, threads: int) -> floa
 
 def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, total: int = 2000) -> None:
     """gunicorn (4 processes x 4 threads), 16 client threads, messages spread over existing sessions."""
-    from scripts.devstack import free_port
+    from scripts.localservers import free_port
 
     port = free_port()
     web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
@@ -348,7 +348,7 @@ def bench(quick: bool, smoke: bool) -> None:
     from app.auth import create_api_user
     from app.config import Settings
     from app.services import Services
-    from scripts.devstack import EmbeddedRedis
+    from scripts.localservers import EmbeddedRedis
 
     RoundTrips.install()
     embedded = EmbeddedRedis().start()

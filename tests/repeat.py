@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if failures[test_id]:
             print(f"  FLAKY  {failures[test_id]}/{runs[test_id]}  {test_id}")
     total = sum(failures.values())
-    print(f"failures: {total} in {sum(runs.values())} test runs" + (f"; {broken_runs} runs broke" if broken_runs else ""))
+    broke = f"; {broken_runs} runs broke" if broken_runs else ""
+    print(f"failures: {total} in {sum(runs.values())} test runs{broke}")
     return 1 if total or broken_runs else 0
 
 

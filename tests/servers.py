@@ -9,12 +9,12 @@ import uuid
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from scripts.devstack import EmbeddedRedis, free_port
+from scripts.localservers import EmbeddedRedis, free_port
 
 __all__ = ["PostgresDatabase", "RedisServer", "free_port"]
 
 
-# The same embedded server `make run` starts (scripts/devstack.py), on a free port per test run.
+# The same embedded server `make run` starts (scripts/localservers.py), on a free port per test run.
 RedisServer = EmbeddedRedis
 
 

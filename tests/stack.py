@@ -32,6 +32,31 @@ def stack_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]
     return env
 
 
+def descendants_of(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
 class Stack:
     def __init__(self, redis_url: str, database_url: str, log_dir: Path, **env: str):
         self.env = stack_env(redis_url, database_url, **env)
@@ -83,6 +108,11 @@ class Stack:
         return path.read_text(errors="replace")[-5000:] if path.exists() else ""
 
     def close(self) -> None:
+        """SIGTERM (workers unregister, gunicorn drains), then SIGKILL whatever is left, RQ's
+        work-horses included: a horse is its own process group, so killing its worker's group
+        does not reach it, and a horse that outlived its test would write into the next one."""
+        descendants = [(pid, _start_time(pid)) for process in self.processes.values()
+                       for pid in descendants_of(process.pid)]
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -92,6 +122,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+        for pid, started in descendants:
+            if _start_time(pid) == started:  # the same process, not a reused pid
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     # -- HTTP -----------------------------------------------------------------------------
 

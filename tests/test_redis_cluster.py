@@ -18,26 +18,16 @@ import redis
 from app import keys
 from app.locks import SessionLock
 from app.services import Services
+from tests.servers import free_port
 from tests.stack import BIN
 
 pytestmark = pytest.mark.slow
 
 
 def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too, and exists: an ephemeral
-    port above 55535 would put the bus past 65535 and the node would not start."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 40000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
+    """A free port whose cluster bus port (port + 10000) is free too, both below the ephemeral
+    range (an ephemeral port above 55535 would put the bus past 65535)."""
+    return free_port(companion_offset=10_000)
 
 
 class RedisCluster:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_llm import FakeLLM
-from tests.stack import Stack
+from tests.stack import Stack, descendants_of
 
 
 @pytest.fixture
@@ -28,22 +28,13 @@ def workers(settings, services, fake_llm, tmp_path):
     stack.close()
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:  # ppid
-                out.append(int(entry.name))
-    return out
-
-
 def horse_of(worker_pid: int) -> int:
     """RQ's work-horse: the worker's child that made itself a process group (os.setpgrp)."""
-    horses = [child for child in children(worker_pid) if os.getpgid(child) == child]
+    horses = [child for child in descendants_of(worker_pid)
+              if _parent_of(child) == worker_pid and os.getpgid(child) == child]
     assert len(horses) == 1, horses
     return horses[0]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
