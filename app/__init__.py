@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,11 +12,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from app import wiring
 from app.config import Settings
 from app.errors import ArzaniError, Unavailable
 from app.logs import configure_logging
 from app.ratelimit import RateLimited
-from app.services import Services
+from app.wiring import Wiring
 
 log = logging.getLogger("arzani.web")
 
@@ -25,14 +25,14 @@ MAX_REQUEST_BYTES = 256 * 1024
 """Any request body over this is refused (413) before it is read."""
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *, services: Services | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, services: Wiring | None = None) -> Flask:
     """Build the web app. `services` lets tests hand in their own wiring; otherwise the
     environment decides (CONTRACT.md, Configuration)."""
-    configure_logging()
-    app = Flask(__name__, instance_relative_config=True)
     if services is None:
-        services = Services(Settings.from_env(), process_kind="web")
+        services = Wiring(Settings.from_env(), process_kind="web")
     settings = services.settings
+    configure_logging(settings.log_level)
+    app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -45,7 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Servic
     )
     if test_config:
         app.config.from_mapping(test_config)
-    app.extensions["arzani"] = services
+    wiring.init_app(app, services)
 
     from app import api, health, openapi, web
 
@@ -53,10 +53,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Servic
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
-    if os.environ.get("ARZANI_BENCH_BASELINE") == "1":
-        from app import bench_baseline
-
-        app.register_blueprint(bench_baseline.bp)
     _register_error_handlers(app)
     return app
 

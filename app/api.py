@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from app import conversations, events, keys
 from app.auth import authenticate
 from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
-from app.services import Services
+from app.wiring import get_wiring
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -22,17 +22,13 @@ MAX_PAGE = 100
 MAX_TITLE = 200
 
 
-def services() -> Services:
-    return current_app.extensions["arzani"]
-
-
 def _user_id() -> int:
-    return authenticate(services())
+    return authenticate(get_wiring())
 
 
 @bp.before_request
 def _rate_limit():
-    limiter = services().rate_limiter
+    limiter = get_wiring().rate_limiter
     if limiter is not None:
         limiter.hit(_user_id())
 
@@ -78,11 +74,22 @@ def _text(body: dict, name: str, *, required: bool, max_chars: int | None = None
     return value
 
 
+def message_body() -> tuple[str, str | None]:
+    """(content, client_message_id) of a POST .../messages body, validated (the bench's baseline
+    endpoint parses with this too)."""
+    body = _json_object({"content", "client_message_id"})
+    content = _text(body, "content", required=True)
+    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise ContentTooLarge()
+    client_message_id = _text(body, "client_message_id", required=False, max_chars=MAX_CLIENT_MESSAGE_ID)
+    return content, client_message_id
+
+
 @bp.post("/sessions")
 def create_session():
     user_id = _user_id()
     session_id = secrets.token_urlsafe(24)
-    services().sessions.reserve(session_id, user_id)
+    get_wiring().sessions.reserve(session_id, user_id)
     return jsonify({"session_id": session_id}), 201
 
 
@@ -90,12 +97,8 @@ def create_session():
 def post_message(session_id: str):
     session_id = _session_id(session_id)
     user_id = _user_id()
-    body = _json_object({"content", "client_message_id"})
-    content = _text(body, "content", required=True)
-    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise ContentTooLarge()
-    client_message_id = _text(body, "client_message_id", required=False, max_chars=MAX_CLIENT_MESSAGE_ID)
-    posted = conversations.post_message(services(), user_id, session_id, content, client_message_id)
+    content, client_message_id = message_body()
+    posted = conversations.post_message(get_wiring(), user_id, session_id, content, client_message_id)
     response = jsonify(posted.json())
     response.status_code = 202 if posted.created else 200
     response.headers["Arzani-Session-Resolution"] = posted.resolution
@@ -105,22 +108,22 @@ def post_message(session_id: str):
 @bp.get("/sessions/<session_id>")
 def session_status(session_id: str):
     session_id = _session_id(session_id)
-    return jsonify(conversations.session_status(services(), session_id, _user_id()))
+    return jsonify(get_wiring().sessions.status(session_id, _user_id()))
 
 
 @bp.get("/sessions/<session_id>/events")
 def session_events(session_id: str):
     """Server-Sent Events: `token`, `reply` and `failed` events of the session, live."""
     session_id = _session_id(session_id)
-    conversations.require_session_owner(services(), session_id, _user_id())
-    stream = events.sse_stream(services().redis, session_id, services().settings.sse_max_s)
+    get_wiring().sessions.require_owner(session_id, _user_id())
+    stream = events.sse_stream(get_wiring().redis, session_id, get_wiring().settings.sse_max_s)
     return Response(stream, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/retry")
 def retry_reply(conversation_id: str, message_id: int):
-    result = conversations.retry_reply(services(), _user_id(), conversation_id, message_id)
+    result = conversations.retry_reply(get_wiring(), _user_id(), conversation_id, message_id)
     return jsonify(result), 202
 
 
@@ -131,12 +134,12 @@ def list_conversations():
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
     cursor = request.args.get("cursor") or None
-    return jsonify(conversations.list_conversations(services(), user_id, int(raw_limit), cursor))
+    return jsonify(conversations.list_conversations(get_wiring(), user_id, int(raw_limit), cursor))
 
 
 @bp.get("/conversations/<conversation_id>")
 def get_conversation(conversation_id: str):
-    return jsonify(conversations.get_conversation(services(), _user_id(), conversation_id))
+    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), conversation_id))
 
 
 @bp.patch("/conversations/<conversation_id>")
@@ -144,10 +147,10 @@ def rename_conversation(conversation_id: str):
     user_id = _user_id()
     body = _json_object({"title"})
     title = _text(body, "title", required=True, max_chars=MAX_TITLE)
-    return jsonify(conversations.rename_conversation(services(), user_id, conversation_id, title.strip()))
+    return jsonify(conversations.rename_conversation(get_wiring(), user_id, conversation_id, title.strip()))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str):
-    conversations.delete_conversation(services(), _user_id(), conversation_id)
+    conversations.delete_conversation(get_wiring(), _user_id(), conversation_id)
     return "", 204

@@ -6,12 +6,13 @@ import hashlib
 import hmac
 import secrets
 
-from flask import g, request, session
+from flask import g, request
+from flask import session as cookie  # Flask's signed-cookie session: not a chat session
 from sqlalchemy import select
 
 from app.errors import Unauthorized
 from app.models import User, utcnow
-from app.services import Services
+from app.wiring import Wiring
 
 COOKIE_USER_KEY = "uid"
 
@@ -20,7 +21,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_user(services: Services, name: str) -> tuple[User, str]:
+def create_api_user(services: Wiring, name: str) -> tuple[User, str]:
     """A user and its bearer token. The token is returned once and stored only as a hash."""
     token = "arz_" + secrets.token_urlsafe(32)
     with services.db.write() as db:
@@ -30,7 +31,7 @@ def create_api_user(services: Services, name: str) -> tuple[User, str]:
     return user, token
 
 
-def revoke_user(services: Services, name_or_id: str) -> User:
+def revoke_user(services: Wiring, name_or_id: str) -> User:
     """Revoke by id, or by name when exactly one live user has it."""
     from app.errors import InvalidBody, NotFound
 
@@ -50,7 +51,7 @@ def revoke_user(services: Services, name_or_id: str) -> User:
     return user
 
 
-def create_web_user(services: Services) -> User:
+def create_web_user(services: Wiring) -> User:
     with services.db.write() as db:
         user = User(name="web-" + secrets.token_hex(4), kind="web")
         db.add(user)
@@ -58,12 +59,12 @@ def create_web_user(services: Services) -> User:
     return user
 
 
-def authenticate(services: Services) -> int:
+def authenticate(services: Wiring) -> int:
     """The caller's user id, or Unauthorized. Cached on `g` for the request."""
     if "user_id" in g:
         return g.user_id
     header = request.headers.get("Authorization", "")
-    with services.db.session() as db:
+    with services.db.read() as db:
         if header:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -75,7 +76,7 @@ def authenticate(services: Services) -> int:
             ):
                 raise Unauthorized("unknown or revoked token")
         else:
-            uid = session.get(COOKIE_USER_KEY)
+            uid = cookie.get(COOKIE_USER_KEY)
             user = db.get(User, uid) if isinstance(uid, int) else None
             if user is None or user.revoked_at is not None:
                 raise Unauthorized()

@@ -1,4 +1,6 @@
-"""Settings read from the environment once per process (see CONTRACT.md, Configuration)."""
+"""Settings read from the environment once per process, validated: a bad value is one line naming
+the variable and the value (a ConfigurationError), never a traceback later. The defaults live in
+app/defaults.py; nothing else reads the service's variables from the environment."""
 
 from __future__ import annotations
 
@@ -7,24 +9,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from app import defaults
 from app.errors import ConfigurationError
-
-DEFAULT_DATABASE_URL = "sqlite:///instance/arzani.db"
-"""SQLite file relative to the working directory: what a developer gets with nothing installed."""
-
-DEFAULT_SESSION_TTL_S = 604_800
-"""A session key lives a week after its last message."""
-
-DEFAULT_LOCK_TTL_MS = 10_000
-"""The creation lock outlives any sane conversation insert; a dead holder frees it after this."""
-
-DEFAULT_QUEUE = "arzani"
-"""RQ queue that carries reply jobs."""
-
-DEFAULT_RATE_LIMIT = "300/minute"
-"""API requests per user, across all processes (the chat page polls about 90 a minute)."""
-
-AGENTS = ("echo", "openai")
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -37,6 +23,30 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) 
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0.001) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):  # `not >=` refuses NaN too
+        raise ConfigurationError(f"{name} must be a finite number of at least {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[str, ...],
+            normalize=str) -> str:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = normalize(raw)
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return value
 
 
@@ -57,21 +67,27 @@ class Settings:
     redis_url: str | None
     redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (sessions and locks)
     queue_redis_url: str | None = None  # RQ's Redis if not REDIS_URL (RQ does not run on a cluster)
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = defaults.DATABASE_URL
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
-    env: str = "development"
-    agent: str = "echo"
-    session_ttl_s: int = DEFAULT_SESSION_TTL_S
-    lock_ttl_ms: int = DEFAULT_LOCK_TTL_MS
-    queue_name: str = DEFAULT_QUEUE
-    openai_base_url: str = "https://api.openai.com/v1"
+    env: str = defaults.ENV
+    agent: str = defaults.AGENT
+    session_ttl_s: int = defaults.SESSION_TTL_S
+    lock_ttl_ms: int = defaults.LOCK_TTL_MS
+    queue_name: str = defaults.QUEUE
+    openai_base_url: str = defaults.OPENAI_BASE_URL
     openai_api_key: str | None = field(default=None, repr=False)
-    model: str = "gpt-4o-mini"
-    reply_retries: int = 3
-    job_timeout_s: int = 120
+    model: str = defaults.MODEL
+    reply_retries: int = defaults.REPLY_RETRIES
+    job_timeout_s: int = defaults.JOB_TIMEOUT_S
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
-    agent_timeout_s: float = 60.0  # an agent call that stalls this long fails (and is retried)
-    sse_max_s: float = 55.0  # an event stream ends after this; the browser reconnects
+    agent_timeout_s: float = defaults.AGENT_TIMEOUT_S
+    sse_max_s: float = defaults.SSE_MAX_S
+    log_level: str = defaults.LOG_LEVEL
+    sweep_interval_s: int = defaults.SWEEP_INTERVAL_S
+    sweep_after_s: int = defaults.SWEEP_AFTER_S
+    reconcile_interval_s: int = defaults.RECONCILE_INTERVAL_S
+    cleanup_interval_s: int = defaults.CLEANUP_INTERVAL_S
+    cleanup_after_s: int = defaults.CLEANUP_AFTER_S
 
     @property
     def production(self) -> bool:
@@ -80,13 +96,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        env = environ.get("ARZANI_ENV", "development")
+        env = _choice(environ, "ARZANI_ENV", defaults.ENV, defaults.ENVS)
         secret_key = environ.get("ARZANI_SECRET_KEY") or None
         if secret_key is None and env == "production":
             raise ConfigurationError("ARZANI_SECRET_KEY is required when ARZANI_ENV=production")
-        agent = environ.get("ARZANI_AGENT", "echo")
-        if agent not in AGENTS:
-            raise ConfigurationError(f"ARZANI_AGENT must be one of {', '.join(AGENTS)}, got {agent!r}")
+        agent = _choice(environ, "ARZANI_AGENT", defaults.AGENT, defaults.AGENT_NAMES)
         extra = {"secret_key": secret_key} if secret_key else {}
         redis_cluster = (environ.get("ARZANI_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes")
         queue_redis_url = environ.get("ARZANI_QUEUE_REDIS_URL") or None
@@ -96,22 +110,28 @@ class Settings:
             redis_url=environ.get("REDIS_URL") or None,
             redis_cluster=redis_cluster,
             queue_redis_url=queue_redis_url,
-            database_url=environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            database_url=environ.get("DATABASE_URL") or defaults.DATABASE_URL,
             env=env,
             agent=agent,
-            session_ttl_s=_int(environ, "ARZANI_SESSION_TTL", DEFAULT_SESSION_TTL_S),
-            lock_ttl_ms=_int(environ, "ARZANI_LOCK_TTL_MS", DEFAULT_LOCK_TTL_MS, minimum=100),
-            queue_name=environ.get("ARZANI_QUEUE") or DEFAULT_QUEUE,
-            openai_base_url=environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+            session_ttl_s=_int(environ, "ARZANI_SESSION_TTL", defaults.SESSION_TTL_S),
+            lock_ttl_ms=_int(environ, "ARZANI_LOCK_TTL_MS", defaults.LOCK_TTL_MS, minimum=100),
+            queue_name=environ.get("ARZANI_QUEUE") or defaults.QUEUE,
+            openai_base_url=environ.get("OPENAI_BASE_URL") or defaults.OPENAI_BASE_URL,
             openai_api_key=environ.get("OPENAI_API_KEY") or None,
-            model=environ.get("ARZANI_MODEL") or "gpt-4o-mini",
-            reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", 3, minimum=0),
-            job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", 120),
-            sse_max_s=float(environ.get("ARZANI_SSE_MAX_S") or 55.0),
-            agent_timeout_s=float(environ.get("ARZANI_AGENT_TIMEOUT") or 60.0),
-            # On by default in production; off in development so load tests such as `arzani race`
-            # measure the service, not the limiter.
+            model=environ.get("ARZANI_MODEL") or defaults.MODEL,
+            reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", defaults.REPLY_RETRIES, minimum=0),
+            job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", defaults.JOB_TIMEOUT_S),
+            sse_max_s=_float(environ, "ARZANI_SSE_MAX_S", defaults.SSE_MAX_S),
+            agent_timeout_s=_float(environ, "ARZANI_AGENT_TIMEOUT", defaults.AGENT_TIMEOUT_S),
             rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",
-                                               DEFAULT_RATE_LIMIT if env == "production" else "off")),
+                                               defaults.RATE_LIMIT if env == "production" else "off")),
+            log_level=_choice(environ, "ARZANI_LOG_LEVEL", defaults.LOG_LEVEL, defaults.LOG_LEVELS,
+                              normalize=str.upper),
+            sweep_interval_s=_int(environ, "ARZANI_SWEEP_INTERVAL", defaults.SWEEP_INTERVAL_S, minimum=0),
+            sweep_after_s=_int(environ, "ARZANI_SWEEP_AFTER", defaults.SWEEP_AFTER_S, minimum=0),
+            reconcile_interval_s=_int(environ, "ARZANI_RECONCILE_INTERVAL", defaults.RECONCILE_INTERVAL_S,
+                                      minimum=0),
+            cleanup_interval_s=_int(environ, "ARZANI_CLEANUP_INTERVAL", defaults.CLEANUP_INTERVAL_S, minimum=0),
+            cleanup_after_s=_int(environ, "ARZANI_CLEANUP_AFTER", defaults.CLEANUP_AFTER_S, minimum=0),
             **extra,
         )

@@ -1,7 +1,10 @@
-"""Conversations and messages: posting a user message, listing, reading, renaming, deleting.
+"""Conversations and messages: storing a user message, listing, reading, renaming, deleting, and
+their JSON shapes.
 
-Functions here take the `Services` they need and ids, and own short transactions of their own;
+Functions here take the `Wiring` they need and ids, and own short transactions of their own;
 they return plain dicts ready for JSON. The HTTP layer (app/api.py) only parses and translates.
+Which conversation a session's message goes to is the session service's (app/sessions.py); the
+reply job is enqueued through the RQ seam (app/jobqueue.py).
 """
 
 from __future__ import annotations
@@ -12,37 +15,23 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-from rq import Callback, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from app import keys, metrics
+from app import jobqueue, metrics
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
-from app.services import Services
 from app.sessions import process_name
+
+if TYPE_CHECKING:
+    from app.wiring import Wiring
 
 log = logging.getLogger("arzani.conversations")
 
-REPLY_JOB = "workers.jobs.reply"
-"""Reply jobs are enqueued by dotted path: app/ never imports workers/."""
-
-REPLY_FAILED_CALLBACK = "workers.jobs.reply_failed"
-
-RETRY_INTERVALS_S = [1, 5, 15]
-"""Waits between reply attempts (the worker's scheduler, `rq worker --with-scheduler`, runs them)."""
-
 TITLE_LENGTH = 60
-
-
-def reply_job_id(message_id: int) -> str:
-    """One job id per user message: a second enqueue of the same message is refused by RQ."""
-    return f"reply-{message_id}"
 
 
 def iso(value: datetime | None) -> str | None:
@@ -90,7 +79,7 @@ class PostedMessage:
 
 
 def post_message(
-    services: Services,
+    services: Wiring,
     user_id: int,
     session_id: str,
     content: str,
@@ -99,48 +88,50 @@ def post_message(
     """Store a user message in its session's conversation (committed), then enqueue its reply."""
     resolved = services.sessions.resolve(session_id, user_id)
     try:
-        message = _insert_user_message(services, resolved.conversation_id, session_id, user_id,
-                                       content, client_message_id)
-    except _StaleConversation:
+        message = store_user_message(services, resolved.conversation_id, session_id, user_id,
+                                     content, client_message_id)
+    except StaleConversation:
         # The tracked key named a conversation the database does not have live for this session
         # (deleted, or a key from before a restore). The database wins: drop the key, resolve again.
         metrics.session_mismatches.labels(side="web").inc()
         log.warning(
             "session key disagrees with the database: key dropped, session resolved again",
             extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
-                   "proc": process_name()},
+                   "proc": process_name(services.process_kind)},
         )
         services.sessions.forget(session_id, resolved.conversation_id)
         resolved = services.sessions.resolve(session_id, user_id)
-        message = _insert_user_message(services, resolved.conversation_id, session_id, user_id,
-                                       content, client_message_id)
+        message = store_user_message(services, resolved.conversation_id, session_id, user_id,
+                                     content, client_message_id)
     if message is None:
         existing = _find_by_client_id(services, resolved.conversation_id, client_message_id)
         if existing.status == MessageStatus.PENDING:
             # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
             # job id, so this costs one round trip and never makes a second job.
-            _enqueue_or_leave_to_sweeper(services, existing.id)
+            jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, existing.id)
         return PostedMessage(session_id, resolved.conversation_id, message_json(existing),
-                             reply_job_id(existing.id), False, resolved.how)
+                             jobqueue.reply_job_id(existing.id), False, resolved.how)
     metrics.messages_accepted.inc()
-    job_id = _enqueue_or_leave_to_sweeper(services, message.id)
+    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message.id)
     return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
                          resolved.how)
 
 
-class _StaleConversation(Exception):
-    pass
+class StaleConversation(Exception):
+    """The conversation is not the live one of this session and user (deleted, or not theirs)."""
 
 
-def _insert_user_message(
-    services: Services,
+def store_user_message(
+    services: Wiring,
     conversation_id: str,
     session_id: str,
     user_id: int,
     content: str,
     client_message_id: str | None,
 ) -> Message | None:
-    """The message, or None when `client_message_id` was already used in this conversation."""
+    """Commit a `pending` user message to `conversation_id`, after checking in the same statement
+    that it is the live conversation of this session and user (StaleConversation if not). None
+    when `client_message_id` was already used in this conversation. Enqueues nothing."""
     now = utcnow()
     try:
         with services.db.write() as db:
@@ -162,7 +153,7 @@ def _insert_user_message(
                 )
             ).rowcount
             if bumped != 1:
-                raise _StaleConversation()
+                raise StaleConversation()
             message = Message(
                 conversation_id=conversation_id,
                 role=MessageRole.USER,
@@ -185,50 +176,14 @@ def _title_from(content: str) -> str:
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
 
 
-def _find_by_client_id(services: Services, conversation_id: str, client_message_id: str) -> Message:
-    with services.db.session() as db:
+def _find_by_client_id(services: Wiring, conversation_id: str, client_message_id: str) -> Message:
+    with services.db.read() as db:
         return db.scalars(
             select(Message).where(
                 Message.conversation_id == conversation_id,
                 Message.client_message_id == client_message_id,
             )
         ).one()
-
-
-def _enqueue_or_leave_to_sweeper(services: Services, message_id: int) -> str:
-    """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
-    the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
-    try:
-        return enqueue_reply(services, message_id)
-    except RedisError as exc:
-        log.error("reply enqueue failed; the sweeper will enqueue it",
-                  extra={"message_id": message_id, "error": repr(exc)})
-        return reply_job_id(message_id)
-
-
-def enqueue_reply(services: Services, message_id: int) -> str:
-    """Enqueue the reply job of a committed user message; a job already there is left alone.
-
-    If Redis refuses, the error propagates: the message is committed and `pending`, and the
-    sweeper enqueues it again (it uses this same function and job id).
-    """
-    job_id = reply_job_id(message_id)
-    settings = services.settings
-    retries = settings.reply_retries
-    try:
-        services.queue.enqueue(
-            REPLY_JOB,
-            message_id,
-            job_id=job_id,
-            unique=True,
-            job_timeout=settings.job_timeout_s,
-            retry=Retry(max=retries, interval=RETRY_INTERVALS_S[:retries]) if retries else None,
-            on_failure=Callback(REPLY_FAILED_CALLBACK),
-            description=f"reply to message {message_id}",
-        )
-    except DuplicateJobError:
-        pass
-    return job_id
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -247,8 +202,8 @@ def _owned_conversation(db: Session, user_id: int, conversation_id: str) -> Conv
     return conversation
 
 
-def get_conversation(services: Services, user_id: int, conversation_id: str) -> dict:
-    with services.db.session() as db:
+def get_conversation(services: Wiring, user_id: int, conversation_id: str) -> dict:
+    with services.db.read() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
         messages = db.scalars(
             select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
@@ -273,7 +228,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return updated_at, conversation_id
 
 
-def list_conversations(services: Services, user_id: int, limit: int, cursor: str | None) -> dict:
+def list_conversations(services: Wiring, user_id: int, limit: int, cursor: str | None) -> dict:
     """Newest activity first, keyset-paginated on (updated_at, id)."""
     last = aliased(Message)
     latest_id = (
@@ -294,7 +249,7 @@ def list_conversations(services: Services, user_id: int, limit: int, cursor: str
                 and_(Conversation.updated_at == updated_at, Conversation.id < conversation_id),
             )
         )
-    with services.db.session() as db:
+    with services.db.read() as db:
         rows = db.execute(query).all()
     page = rows[:limit]
     next_cursor = None
@@ -311,7 +266,7 @@ def list_conversations(services: Services, user_id: int, limit: int, cursor: str
     }
 
 
-def rename_conversation(services: Services, user_id: int, conversation_id: str, title: str) -> dict:
+def rename_conversation(services: Wiring, user_id: int, conversation_id: str, title: str) -> dict:
     with services.db.write() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
         conversation.title = title
@@ -319,7 +274,7 @@ def rename_conversation(services: Services, user_id: int, conversation_id: str, 
     return conversation_json(conversation)
 
 
-def delete_conversation(services: Services, user_id: int, conversation_id: str) -> None:
+def delete_conversation(services: Wiring, user_id: int, conversation_id: str) -> None:
     """Soft delete (the row stays, so a late reply cannot resurrect it) and drop the session key."""
     with services.db.write() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
@@ -328,30 +283,7 @@ def delete_conversation(services: Services, user_id: int, conversation_id: str) 
     services.sessions.forget(session_id, conversation_id)
 
 
-def pending_replies(db: Session, conversation_id: str) -> int:
-    return db.scalar(
-        select(func.count()).where(
-            Message.conversation_id == conversation_id,
-            Message.role == MessageRole.USER,
-            Message.status == MessageStatus.PENDING,
-        )
-    )
-
-
-def require_session_owner(services: Services, session_id: str, user_id: int) -> None:
-    """NotFound unless the session is `user_id`'s (tracked for them, or their conversation's)."""
-    owner = services.redis.hget(keys.session_key(session_id), "user_id")
-    if owner is not None:
-        if int(owner) != user_id:
-            raise NotFound("session not found")
-        return
-    with services.db.session() as db:
-        owners = set(db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id)))
-    if owners != {user_id}:
-        raise NotFound("session not found")
-
-
-def retry_reply(services: Services, user_id: int, conversation_id: str, message_id: int) -> dict:
+def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id: int) -> dict:
     """Give a `failed` user message another round of reply attempts."""
     with services.db.write() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
@@ -361,42 +293,5 @@ def retry_reply(services: Services, user_id: int, conversation_id: str, message_
         if message.status != MessageStatus.FAILED:
             raise Conflict(f"only a failed message can be retried; this one is {message.status}")
         message.status = MessageStatus.PENDING
-    try:  # the failed job keeps its id in RQ's failed registry: make room for the new attempt
-        Job.fetch(reply_job_id(message_id), connection=services.rq_redis).delete()
-    except NoSuchJobError:
-        pass
-    job_id = enqueue_reply(services, message_id)
+    job_id = jobqueue.requeue_reply(services.queue, services.settings, message_id)
     return {"message": message_json(message), "job_id": job_id}
-
-
-def session_status(services: Services, session_id: str, user_id: int | None = None) -> dict:
-    """What Redis and the database each believe about a session, and whether they agree.
-
-    With `user_id`, a session of another user (or of nobody) is NotFound; operators pass None.
-    """
-    tracked, ttl_ms, lock_ttl_ms = services.sessions.tracked(session_id)
-    with services.db.session() as db:
-        rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
-        owners = {row.user_id for row in rows}
-        if tracked.get("user_id"):
-            owners.add(int(tracked["user_id"]))
-        if user_id is not None and owners != {user_id}:
-            raise NotFound("session not found")
-        live = next((row for row in rows if row.deleted_at is None), None)
-        pending = pending_replies(db, live.id) if live else 0
-    tracked_conversation = tracked.get("conversation_id")
-    database_conversation = live.id if live else None
-    return {
-        "session_id": session_id,
-        "conversation_id": database_conversation,
-        "tracked": {
-            "key": keys.session_key(session_id),
-            "conversation_id": tracked_conversation,
-            "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
-            "created_by": tracked.get("created_by"),
-            "last_seen_at": int(tracked["last_seen_at"]) if tracked.get("last_seen_at") else None,
-        },
-        "lock": {"held": lock_ttl_ms != -2, "ttl_ms": lock_ttl_ms if lock_ttl_ms >= 0 else None},
-        "consistent": tracked_conversation == database_conversation,
-        "pending_replies": pending,
-    }

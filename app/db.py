@@ -57,7 +57,7 @@ def make_engine(database_url: str) -> Engine:
 
 
 class Database:
-    """An engine and its two session factories: `session()` for reads, `write()` for writes."""
+    """An engine and its two session factories, a pair: `read()` and `write()`."""
 
     def __init__(self, database_url: str):
         self.url = database_url
@@ -78,15 +78,14 @@ class Database:
             from sqlalchemy.dialects.sqlite import insert
         return insert
 
-    def session(self) -> Session:
+    def read(self) -> Session:
+        """`with db.read() as session:` a session for reads (its transaction is never committed)."""
         return self._read()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A session whose transaction is a write transaction from its first statement.
-
-        Commits when the block ends, rolls back if it raises.
-        """
+        """`with db.write() as session:` a session whose transaction is a write transaction from
+        its first statement. Commits when the block ends, rolls back if it raises."""
         with self._write() as session, session.begin():
             yield session
 

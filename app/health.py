@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from app import metrics
+from app.wiring import get_wiring
 
 bp = Blueprint("health", __name__)
 
@@ -23,7 +24,7 @@ def metrics_endpoint():
 
 @bp.get("/readyz")
 def readyz():
-    services = current_app.extensions["arzani"]
+    services = get_wiring()
     checks = {}
     for name, ping in (("redis", lambda: services.redis.ping()), ("database", services.db.ping)):
         try:

@@ -1,13 +1,18 @@
-"""The per-session creation lock: redis-py's `Lock` with a fence and a wake-up on release.
+"""A fenced lock: redis-py's `Lock` with a fence, a fenced hash write and a wake-up on release.
 
 redis-py's Lock already gives what the contract asks for: acquisition is `SET key token NX PX ttl`
-and release is a Lua script that deletes the key only when it still holds our token. We add two
+and release is a Lua script that deletes the key only when it still holds our token. We add three
 things it lacks (see FIELD-NOTES.md):
 
-- a fencing counter, `arzani:session:{SID}:fence`, incremented in the same script as the SET, so
-  each acquisition has a number that a later, stale holder can be told apart by;
-- a publish on `arzani:session:{SID}:released` when the holder is done, so that processes that lost
-  the race wake at once instead of polling every 100 ms as `Lock.acquire(blocking=True)` does.
+- a fencing counter (its own key), incremented in the same script as the SET, so each acquisition
+  has a number that a later, stale holder can be told apart by;
+- `commit(hash_key, fields)`: write the fields into a hash only if the fence is still ours, then
+  release, in one script: the holder's result is published and the lock freed in one round trip;
+- a publish on a channel when the holder is done, so that processes that lost the race wake at
+  once instead of polling every 100 ms as `Lock.acquire(blocking=True)` does.
+
+Like redis-py's lock it knows nothing of its callers' data: key names, the fields written and the
+payload published are the caller's (app/sessions.py uses it for the per-session creation lock).
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ import secrets
 from redis import Redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
-
-from app import keys
 
 _ACQUIRE = """
 -- KEYS[1] lock, KEYS[2] fence; ARGV[1] token, ARGV[2] lock ttl ms, ARGV[3] fence ttl ms
@@ -43,17 +46,16 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
-# Fenced commit: write the session hash only if no one acquired the lock since us (the fence is
+# Fenced commit: write the hash only if no one acquired the lock since us (the fence is
 # unchanged), then release if we are still the owner, then wake the waiters. One round trip.
 # A holder that stalled past the TTL while another process took the lock writes nothing here.
 _COMMIT = """
--- KEYS[1] lock, KEYS[2] fence, KEYS[3] session hash
--- ARGV[1] token, ARGV[2] fence, ARGV[3] session ttl ms, ARGV[4] channel,
--- ARGV[5] conversation_id, ARGV[6] user_id, ARGV[7] created_by, ARGV[8] created_at, ARGV[9] now ms
+-- KEYS[1] lock, KEYS[2] fence, KEYS[3] hash to write
+-- ARGV[1] token, ARGV[2] fence, ARGV[3] hash (and fence) ttl ms, ARGV[4] channel, ARGV[5] payload,
+-- ARGV[6..] field, value, field, value...
 local written = 0
 if redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('HSET', KEYS[3], 'conversation_id', ARGV[5], 'user_id', ARGV[6],
-               'created_by', ARGV[7], 'created_at', ARGV[8], 'last_seen_at', ARGV[9])
+    redis.call('HSET', KEYS[3], unpack(ARGV, 6))
     redis.call('PEXPIRE', KEYS[3], ARGV[3])
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
     written = 1
@@ -61,13 +63,14 @@ end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. '|' .. ARGV[6])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return written
 """
 
 
-class SessionLock(Lock):
-    """`arzani:session:{SID}:lock`, fenced. Not thread-local: one instance is one holder."""
+class FencedLock(Lock):
+    """A lock at `name` with its fence counter at `fence_name`; waiters listen on `channel`.
+    Not thread-local: one instance is one holder."""
 
     # Each subclass caches its own registered scripts (redis-py keeps them on the class).
     lua_release = None
@@ -77,18 +80,12 @@ class SessionLock(Lock):
     lua_fenced_release = None
     lua_commit = None
 
-    def __init__(self, redis: Redis, session_id: str, lock_ttl_ms: int, fence_ttl_ms: int):
-        super().__init__(
-            redis,
-            keys.lock_key(session_id),
-            timeout=lock_ttl_ms / 1000,
-            blocking=False,
-            thread_local=False,
-        )
-        self.session_id = session_id
-        self.fence_name = keys.fence_key(session_id)
-        self.channel = keys.released_channel(session_id)
-        self.lock_ttl_ms = lock_ttl_ms
+    def __init__(self, redis: Redis, name: str, *, fence_name: str, channel: str, ttl_ms: int,
+                 fence_ttl_ms: int):
+        super().__init__(redis, name, timeout=ttl_ms / 1000, blocking=False, thread_local=False)
+        self.fence_name = fence_name
+        self.channel = channel
+        self.ttl_ms = ttl_ms
         self.fence_ttl_ms = fence_ttl_ms
         self.fence: int | None = None
 
@@ -105,10 +102,15 @@ class SessionLock(Lock):
         kwargs.setdefault("token", secrets.token_hex(16))
         return super().acquire(**kwargs)
 
+    @property
+    def held(self) -> bool:
+        """True from our acquisition until our release or commit (whether or not it expired)."""
+        return self.local.token is not None
+
     def do_acquire(self, token: str) -> bool:
         fence = self.lua_fenced_acquire(
             keys=[self.name, self.fence_name],
-            args=[token, self.lock_ttl_ms, self.fence_ttl_ms],
+            args=[token, self.ttl_ms, self.fence_ttl_ms],
             client=self.redis,
         )
         if int(fence):
@@ -129,33 +131,16 @@ class SessionLock(Lock):
         value = self.redis.get(self.fence_name)
         return value is not None and int(value) == self.fence
 
-    def commit_session(
-        self,
-        *,
-        conversation_id: str,
-        user_id: int,
-        created_by: str,
-        created_at_ms: int,
-        now_ms: int,
-        session_ttl_ms: int,
-    ) -> bool:
-        """Write the session hash if our fence is current, release, wake waiters. True if written."""
+    def commit(self, hash_key: str, fields: dict[str, str | int], *, ttl_ms: int, payload: str) -> bool:
+        """Write `fields` into `hash_key` (expiring after `ttl_ms`, the fence too) if our fence is
+        current, release, and publish `payload` to the waiters. True if written."""
         token = self.local.token
         self.local.token = None
+        pairs = [item for field_value in fields.items() for item in field_value]
         return bool(
             self.lua_commit(
-                keys=[self.name, self.fence_name, keys.session_key(self.session_id)],
-                args=[
-                    token or "",
-                    self.fence or 0,
-                    session_ttl_ms,
-                    self.channel,
-                    conversation_id,
-                    user_id,
-                    created_by,
-                    created_at_ms,
-                    now_ms,
-                ],
+                keys=[self.name, self.fence_name, hash_key],
+                args=[token or "", self.fence or 0, ttl_ms, self.channel, payload, *pairs],
                 client=self.redis,
             )
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -20,7 +19,7 @@ class FieldsFormatter(logging.Formatter):
         return line
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "INFO") -> None:
     """Give the `arzani` loggers a handler once per process (gunicorn and rq keep their own)."""
     logger = logging.getLogger("arzani")
     if logger.handlers:
@@ -28,5 +27,5 @@ def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(os.environ.get("ARZANI_LOG_LEVEL", "INFO").upper())
+    logger.setLevel(level)
     logger.propagate = False

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from app import keys
 from app.models import Conversation, Message, MessageRole, utcnow
-from app.services import Services
+from app.wiring import Wiring
 
 
-def known_session_ids(services: Services, scan_count: int = 500) -> Iterator[str]:
+def known_session_ids(services: Wiring, scan_count: int = 500) -> Iterator[str]:
     """Every session Redis tracks (SCAN, never KEYS), then those only the database knows."""
     seen: set[str] = set()
     for key in services.redis.scan_iter(match=f"{keys.PREFIX}*", count=scan_count):
@@ -23,7 +23,7 @@ def known_session_ids(services: Services, scan_count: int = 500) -> Iterator[str
         if session_id is not None and session_id not in seen:
             seen.add(session_id)
             yield session_id
-    with services.db.session() as db:
+    with services.db.read() as db:
         rows = db.execute(
             select(Conversation.session_id)
             .where(Conversation.deleted_at.is_(None))
@@ -50,7 +50,7 @@ class Finding:
         return f"{'FIXED ' if self.fixed else ''}{self.kind:<24} {self.session_id}  {self.detail}"
 
 
-def reconcile(services: Services, *, fix: bool) -> list[Finding]:
+def reconcile(services: Wiring, *, fix: bool) -> list[Finding]:
     """Find (and with `fix`, repair) every way Redis and the database disagree.
 
     - duplicate live conversations of one session (legacy data, or a database written without
@@ -64,8 +64,8 @@ def reconcile(services: Services, *, fix: bool) -> list[Finding]:
     ttl_window = timedelta(milliseconds=services.sessions.session_ttl_ms)
     for session_id in known_session_ids(services):
         tracked, _, _ = services.sessions.tracked(session_id)
-        tracked_id = tracked.get("conversation_id")
-        with services.db.session() as db:
+        tracked_id = tracked.conversation_id
+        with services.db.read() as db:
             live = db.scalars(select(Conversation).where(
                 Conversation.session_id == session_id, Conversation.deleted_at.is_(None))
                 .order_by(Conversation.created_at)).first()
@@ -89,8 +89,8 @@ def reconcile(services: Services, *, fix: bool) -> list[Finding]:
     return findings
 
 
-def _merge_duplicates(services: Services, *, fix: bool) -> list[Finding]:
-    with services.db.session() as db:
+def _merge_duplicates(services: Wiring, *, fix: bool) -> list[Finding]:
+    with services.db.read() as db:
         duplicated = db.scalars(
             select(Conversation.session_id)
             .where(Conversation.deleted_at.is_(None))
@@ -112,7 +112,7 @@ def _merge_duplicates(services: Services, *, fix: bool) -> list[Finding]:
                 finding.fixed = True
         findings.append(finding)
         if fix:
-            with services.db.session() as db:
+            with services.db.read() as db:
                 services.sessions.repair(session_id, db.get(Conversation, keep.id))
     return findings
 
@@ -142,7 +142,7 @@ def _merge_into(db: Session, keep: Conversation, extras: list[Conversation]) -> 
 # -- cleanup -----------------------------------------------------------------------------------
 
 
-def cleanup(services: Services, *, older_than: timedelta, dry_run: bool) -> list[str]:
+def cleanup(services: Wiring, *, older_than: timedelta, dry_run: bool) -> list[str]:
     """Remove orphaned conversations (no user message, older than `older_than`) and Redis
     leftovers no owner will ever clear (a lock or fence without a TTL). Returns what it removed
     (or would remove)."""

@@ -3,9 +3,14 @@
 Used by the web side (every message) and the worker side (every reply) alike. Its surface:
 
 - `resolve(session_id, user_id)`: the session's conversation, created if there is none;
-- `tracked(session_id)`: what Redis believes, without renewing anything;
+- `tracked(session_id)` / `tracked_conversation_id(...)`: what Redis believes, renewing nothing;
 - `repair(...)` / `forget(...)`: rewrite or drop the tracked key when the database disagrees;
-- `reserve(...)`: mark a freshly minted session id as its user's (POST /api/sessions).
+- `reserve(...)`: mark a freshly minted session id as its user's (POST /api/sessions);
+- `require_owner(...)` and `status(...)`: whose the session is, and the status view.
+
+This module owns the tracked hash `arzani:session:{SID}`: its field names appear nowhere else
+(`TrackedSession` is the typed value of what it holds). "Another user's session answers exactly
+like a missing one" is one function here, `ensure_owner`.
 
 Fast path: one Lua call reads the tracked hash `arzani:session:{SID}` and renews its TTL. Slow
 path: take the session's lock (`SET NX PX`, fenced, see app/locks.py), look again in Redis and then
@@ -22,17 +27,18 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import LockError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app import keys, metrics
 from app.db import Database
 from app.errors import NotFound, SessionBusy, StaleFence
-from app.locks import SessionLock
-from app.models import Conversation
+from app.locks import FencedLock
+from app.models import Conversation, Message, MessageRole, MessageStatus
 
 log = logging.getLogger("arzani.sessions")
 
@@ -57,8 +63,45 @@ return 0
 """
 
 
-def process_name(kind: str = "web") -> str:
-    """`web:HOST:PID`; computed on each call because gunicorn and RQ fork after start-up."""
+@dataclass(frozen=True)
+class TrackedSession:
+    """What Redis tracks for a session (the hash `arzani:session:{SID}`). A session reserved by
+    POST /api/sessions has a user and no conversation yet; an absent key is all None."""
+
+    conversation_id: str | None = None
+    user_id: int | None = None
+    created_by: str | None = None  # process that created the conversation: web:HOST:PID
+    created_at_ms: int | None = None
+    last_seen_at_ms: int | None = None
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> TrackedSession:
+        def number(name: str) -> int | None:
+            value = fields.get(name)
+            return int(value) if value else None
+
+        return cls(conversation_id=fields.get("conversation_id"), user_id=number("user_id"),
+                   created_by=fields.get("created_by"), created_at_ms=number("created_at"),
+                   last_seen_at_ms=number("last_seen_at"))
+
+    def to_hash(self) -> dict[str, str | int]:
+        fields = {"conversation_id": self.conversation_id, "user_id": self.user_id,
+                  "created_by": self.created_by, "created_at": self.created_at_ms,
+                  "last_seen_at": self.last_seen_at_ms}
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+def ensure_owner(owners: Iterable[int | None], user_id: int, *, known: bool = False) -> None:
+    """Another user's session answers exactly like a missing one: NotFound if any known owner is
+    not `user_id`; with `known`, also if no owner is known at all."""
+    owners = {owner for owner in owners if owner is not None}
+    if owners - {user_id} or (known and not owners):
+        raise NotFound("session not found")
+
+
+def process_name(kind: str) -> str:
+    """`KIND:HOST:PID` (kind: web, worker, cli, from the wiring); computed on each call because
+    gunicorn and RQ fork after start-up."""
     return f"{kind}:{socket.gethostname()}:{os.getpid()}"
 
 
@@ -96,21 +139,37 @@ class SessionService:
 
     # -- Redis side ------------------------------------------------------------------------
 
-    def touch(self, session_id: str) -> dict[str, str]:
+    def touch(self, session_id: str) -> TrackedSession:
         flat = self._touch(
             keys=[keys.session_key(session_id), keys.fence_key(session_id)],
             args=[now_ms(), self.session_ttl_ms],
         )
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        return TrackedSession.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
-    def tracked(self, session_id: str) -> tuple[dict[str, str], int, int]:
-        """(hash, hash PTTL ms, lock PTTL ms) without renewing anything: for status views."""
+    def tracked(self, session_id: str) -> tuple[TrackedSession, int, int]:
+        """(what Redis tracks, hash PTTL ms, lock PTTL ms) without renewing anything."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.session_key(session_id))
         pipe.pttl(keys.session_key(session_id))
         pipe.pttl(keys.lock_key(session_id))
         tracked, ttl_ms, lock_ttl_ms = pipe.execute()
-        return tracked, ttl_ms, lock_ttl_ms
+        return TrackedSession.from_hash(tracked), ttl_ms, lock_ttl_ms
+
+    def tracked_conversation_id(self, session_id: str) -> str | None:
+        """The conversation Redis names for the session (one command, renewing nothing)."""
+        return self.redis.hget(keys.session_key(session_id), "conversation_id")
+
+    def lock(self, session_id: str, ttl_ms: int | None = None) -> FencedLock:
+        """The session's creation lock (not yet acquired)."""
+        return FencedLock(self.redis, keys.lock_key(session_id), fence_name=keys.fence_key(session_id),
+                          channel=keys.released_channel(session_id), ttl_ms=ttl_ms or self.lock_ttl_ms,
+                          fence_ttl_ms=self.session_ttl_ms)
+
+    def commit(self, lock: FencedLock, session_id: str, tracked: TrackedSession) -> bool:
+        """Write `tracked` as the session's hash if the lock's fence is still current, release the
+        lock and wake the waiters with `conversation_id|user_id`. True if written."""
+        return lock.commit(keys.session_key(session_id), tracked.to_hash(), ttl_ms=self.session_ttl_ms,
+                           payload=f"{tracked.conversation_id}|{tracked.user_id}")
 
     def reserve(self, session_id: str, user_id: int) -> None:
         """Claim a server-minted session id for its user before any conversation exists."""
@@ -118,8 +177,8 @@ class SessionService:
         pipe = self.redis.pipeline(transaction=False)
         key = keys.session_key(session_id)
         stamp = now_ms()
-        pipe.hsetnx(key, "user_id", user_id)
-        pipe.hsetnx(key, "created_at", stamp)
+        for name, value in TrackedSession(user_id=user_id, created_at_ms=stamp).to_hash().items():
+            pipe.hsetnx(key, name, value)
         pipe.hset(key, "last_seen_at", stamp)
         pipe.pexpire(key, self.session_ttl_ms)
         pipe.execute()
@@ -132,17 +191,10 @@ class SessionService:
 
     def resolve(self, session_id: str, user_id: int) -> ResolvedSession:
         tracked = self.touch(session_id)
-        if "conversation_id" in tracked:
-            self._check_owner(session_id, tracked, user_id)
-            return ResolvedSession(session_id, tracked["conversation_id"], user_id, "tracked")
-        self._check_owner(session_id, tracked, user_id)
+        ensure_owner([tracked.user_id], user_id)
+        if tracked.conversation_id:
+            return ResolvedSession(session_id, tracked.conversation_id, user_id, "tracked")
         return self._resolve_slow(session_id, user_id)
-
-    def _check_owner(self, session_id: str, tracked: dict[str, str], user_id: int) -> None:
-        owner = tracked.get("user_id")
-        if owner is not None and int(owner) != user_id:
-            # Another user's session answers exactly like a missing one.
-            raise NotFound("session not found")
 
     def _resolve_slow(self, session_id: str, user_id: int) -> ResolvedSession:
         # A holder that dies leaves its lock for lock_ttl_ms; waiting twice that and a little
@@ -152,7 +204,7 @@ class SessionService:
         pubsub = None
         try:
             while True:
-                lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
+                lock = self.lock(session_id)
                 if lock.acquire():
                     metrics.lock_acquisitions.inc()
                     try:
@@ -174,8 +226,8 @@ class SessionService:
                         extra={"session_id": session_id, "proc": process_name(self.process_kind)},
                     )
                 tracked = self.touch(session_id)
-                if "conversation_id" in tracked:
-                    return self._waited(session_id, tracked["conversation_id"], tracked["user_id"],
+                if tracked.conversation_id:
+                    return self._waited(session_id, tracked.conversation_id, tracked.user_id,
                                         user_id, started)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -187,15 +239,15 @@ class SessionService:
                 if announced:
                     conversation_id, _, owner = announced.partition("|")
                     if conversation_id:
-                        return self._waited(session_id, conversation_id, owner, user_id, started)
+                        return self._waited(session_id, conversation_id, int(owner), user_id, started)
                 # The holder failed, died (its lock expired) or we timed out: try to take over.
         finally:
             if pubsub is not None:
                 pubsub.close()
 
-    def _waited(self, session_id: str, conversation_id: str, owner: str, user_id: int,
+    def _waited(self, session_id: str, conversation_id: str, owner: int | None, user_id: int,
                 started: float) -> ResolvedSession:
-        self._check_owner(session_id, {"user_id": owner}, user_id)
+        ensure_owner([owner], user_id)
         metrics.lock_wait_seconds.observe(time.monotonic() - started)
         log.info(
             "session resolved after waiting for the lock holder",
@@ -209,19 +261,18 @@ class SessionService:
         return ResolvedSession(session_id, conversation_id, user_id, "waited")
 
     def _resolve_holding(
-        self, lock: SessionLock, session_id: str, user_id: int, *, waited: bool
+        self, lock: FencedLock, session_id: str, user_id: int, *, waited: bool
     ) -> ResolvedSession:
         try:
             # Look again: a holder may have finished between our miss and our acquisition.
             tracked = self.touch(session_id)
-            if "conversation_id" in tracked:
-                self._check_owner(session_id, tracked, user_id)
+            ensure_owner([tracked.user_id], user_id)
+            if tracked.conversation_id:
                 return ResolvedSession(
-                    session_id, tracked["conversation_id"], user_id, "waited" if waited else "tracked"
+                    session_id, tracked.conversation_id, user_id, "waited" if waited else "tracked"
                 )
-            self._check_owner(session_id, tracked, user_id)
             conversation, how = self._find_or_create(lock, session_id, user_id)
-            if not self._commit(lock, conversation):
+            if not self._track(lock, conversation):
                 log.warning(
                     "fence moved while creating: another process holds the lock now; it will "
                     "find this conversation in the database and track it",
@@ -230,7 +281,7 @@ class SessionService:
                 )
             return ResolvedSession(session_id, conversation.id, user_id, how)
         finally:
-            if lock.local.token is not None:
+            if lock.held:
                 try:
                     lock.release()
                 except LockError:
@@ -238,12 +289,11 @@ class SessionService:
                                 extra={"session_id": session_id, "fence": lock.fence})
 
     def _find_or_create(
-        self, lock: SessionLock, session_id: str, user_id: int
+        self, lock: FencedLock, session_id: str, user_id: int
     ) -> tuple[Conversation, str]:
         with self.db.write() as db:
             rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
-            if any(row.user_id != user_id for row in rows):
-                raise NotFound("session not found")
+            ensure_owner((row.user_id for row in rows), user_id)
             live = [row for row in rows if row.deleted_at is None]
             if live:
                 metrics.session_key_misses.inc()
@@ -269,8 +319,7 @@ class SessionService:
             conversation = db.scalars(select(Conversation).where(
                 Conversation.session_id == session_id, Conversation.deleted_at.is_(None))).one()
         if created_id is None:
-            if conversation.user_id != user_id:
-                raise NotFound("session not found")
+            ensure_owner([conversation.user_id], user_id)
             metrics.unique_constraint_saves.inc()
             log.warning(
                 "unique constraint kept a second conversation out",
@@ -286,16 +335,15 @@ class SessionService:
         )
         return conversation, "created"
 
-    def _commit(self, lock: SessionLock, conversation: Conversation) -> bool:
+    def _track(self, lock: FencedLock, conversation: Conversation) -> bool:
         """Track `conversation` in the session hash (if the fence is still ours) and release."""
-        return lock.commit_session(
+        return self.commit(lock, conversation.session_id, TrackedSession(
             conversation_id=conversation.id,
             user_id=conversation.user_id,
             created_by=conversation.created_by,
             created_at_ms=int(conversation.created_at.timestamp() * 1000),
-            now_ms=now_ms(),
-            session_ttl_ms=self.session_ttl_ms,
-        )
+            last_seen_at_ms=now_ms(),
+        ))
 
     def repair(self, session_id: str, conversation: Conversation) -> bool:
         """Rewrite the tracked key from the database's live conversation. True if written.
@@ -303,11 +351,11 @@ class SessionService:
         Takes the session lock without waiting: if someone holds it, they are resolving this very
         session and will write what the database says.
         """
-        lock = SessionLock(self.redis, session_id, self.lock_ttl_ms, self.session_ttl_ms)
+        lock = self.lock(session_id)
         if not lock.acquire():
             return False
         metrics.lock_acquisitions.inc()
-        written = self._commit(lock, conversation)
+        written = self._track(lock, conversation)
         metrics.session_key_repairs.inc()
         log.warning(
             "session key repaired from the database",
@@ -315,6 +363,50 @@ class SessionService:
                    "proc": process_name(self.process_kind), "written": written},
         )
         return written
+
+    # -- ownership and the status view -------------------------------------------------------
+
+    def require_owner(self, session_id: str, user_id: int) -> None:
+        """NotFound unless the session is `user_id`'s (tracked for them, or their conversation's)."""
+        owner = self.redis.hget(keys.session_key(session_id), "user_id")
+        if owner is not None:
+            ensure_owner([int(owner)], user_id)
+            return
+        with self.db.read() as db:
+            owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id))
+            ensure_owner(owners, user_id, known=True)
+
+    def status(self, session_id: str, user_id: int | None = None) -> dict:
+        """What Redis and the database each believe about a session, and whether they agree.
+
+        With `user_id`, a session of another user (or of nobody) is NotFound; operators pass None.
+        """
+        tracked, ttl_ms, lock_ttl_ms = self.tracked(session_id)
+        with self.db.read() as db:
+            rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
+            if user_id is not None:
+                ensure_owner([tracked.user_id, *(row.user_id for row in rows)], user_id, known=True)
+            live = next((row for row in rows if row.deleted_at is None), None)
+            pending = db.scalar(select(func.count()).where(
+                Message.conversation_id == live.id,
+                Message.role == MessageRole.USER,
+                Message.status == MessageStatus.PENDING,
+            )) if live else 0
+        database_conversation = live.id if live else None
+        return {
+            "session_id": session_id,
+            "conversation_id": database_conversation,
+            "tracked": {
+                "key": keys.session_key(session_id),
+                "conversation_id": tracked.conversation_id,
+                "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
+                "created_by": tracked.created_by,
+                "last_seen_at": tracked.last_seen_at_ms,
+            },
+            "lock": {"held": lock_ttl_ms != -2, "ttl_ms": lock_ttl_ms if lock_ttl_ms >= 0 else None},
+            "consistent": tracked.conversation_id == database_conversation,
+            "pending_replies": pending,
+        }
 
 
 def _next_message(pubsub, timeout_s: float) -> str | None:

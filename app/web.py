@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, session
+from flask import Blueprint, render_template
+from flask import session as cookie
 
 from app.auth import COOKIE_USER_KEY, create_web_user
+from app.wiring import get_wiring
 
 bp = Blueprint("web", __name__)
 
 
 @bp.get("/")
 def index():
-    if not isinstance(session.get(COOKIE_USER_KEY), int):
-        user = create_web_user(current_app.extensions["arzani"])
-        session[COOKIE_USER_KEY] = user.id
-        session.permanent = True
+    if not isinstance(cookie.get(COOKIE_USER_KEY), int):
+        user = create_web_user(get_wiring())
+        cookie[COOKIE_USER_KEY] = user.id
+        cookie.permanent = True
     return render_template("index.html")
 
 

@@ -121,9 +121,9 @@ def bench_round_trips(services, client, headers, figures: Figures, messages: int
 
 def _handoff_racer(settings, user_id, session_ids, barrier, results):
     """One OS process of the hand-off race: resolve each session when the barrier lets go."""
-    from app.services import Services
+    from app.wiring import Wiring
 
-    services = Services(settings)
+    services = Wiring(settings)
     out = []
     for session_id in session_ids:
         barrier.wait()
@@ -196,8 +196,8 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
 
     port = free_port()
     web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
-                            "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-                           env=dict(env, ARZANI_BENCH_BASELINE="1"), stdout=subprocess.DEVNULL,
+                            "--bind", f"127.0.0.1:{port}", "scripts.bench_app:create_bench_app()"],
+                           env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -261,7 +261,7 @@ def bench_reply_latency(services, client, headers, env, figures: Figures, count:
                                  headers=headers).json
             started = time.perf_counter()  # from the 202 (the job is enqueued) to the reply attached
             while True:
-                with services.db.session() as db:
+                with services.db.read() as db:
                     if db.scalar(select(Message.id).where(Message.reply_to == posted["message"]["id"])):
                         break
                 time.sleep(0.002)
@@ -285,12 +285,12 @@ def bench_sidebar(figures: Figures, sizes=(10_000, 1_000_000)) -> None:
     from app.config import Settings
     from app.conversations import list_conversations
     from app.models import Conversation, Message, User, utcnow
-    from app.services import Services
+    from app.wiring import Wiring
 
     timings = {}
     for size in sizes:
         directory = tempfile.mkdtemp(prefix="arzani-bench-sidebar-")
-        services = Services(Settings(redis_url=None, database_url=f"sqlite:///{directory}/s.db"))
+        services = Wiring(Settings(redis_url=None, database_url=f"sqlite:///{directory}/s.db"))
         services.db.create_all()
         conversations, per = 200, size // 200
         now = utcnow()
@@ -347,7 +347,7 @@ def bench(quick: bool, smoke: bool) -> None:
     from app import create_app
     from app.auth import create_api_user
     from app.config import Settings
-    from app.services import Services
+    from app.wiring import Wiring
     from scripts.localservers import EmbeddedRedis
 
     RoundTrips.install()
@@ -359,11 +359,11 @@ def bench(quick: bool, smoke: bool) -> None:
     figures = Figures()
     try:
         settings = Settings.from_env(env)
-        services = Services(settings)
+        services = Wiring(settings)
         services.db.create_all()
         from workers import jobs
 
-        jobs.use_services(Services(settings, process_kind="worker"))
+        jobs.use_services(Wiring(settings, process_kind="worker"))
         app = create_app({"TESTING": True}, services=services)
         client = app.test_client()
         user, token = create_api_user(services, "bench")

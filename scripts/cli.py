@@ -1,5 +1,6 @@
 """`arzani`: operator commands. One Click group; each command gets its wiring lazily from the
-environment (REDIS_URL, DATABASE_URL...), so `arzani --help` connects to nothing."""
+environment (REDIS_URL, DATABASE_URL...), so `arzani --help` connects to nothing. The plumbing
+(context, error translation, parameter types) is in scripts/helpers.py, as RQ's cli/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,43 +9,7 @@ import sys
 
 import click
 
-from app.config import Settings
-from app.errors import ArzaniError
-from app.services import Services
-
-
-class Context:
-    """Made once per command line; connects only when a command asks for `services`."""
-
-    def __init__(self):
-        self._services: Services | None = None
-
-    @property
-    def services(self) -> Services:
-        if self._services is None:
-            self._services = Services(Settings.from_env(), process_kind="cli")
-        return self._services
-
-
-pass_context = click.make_pass_decorator(Context, ensure=True)
-
-
-class ArzaniGroup(click.Group):
-    """Turns the service's own errors and an unreachable Redis or database into one clear line
-    and exit status 1, instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from sqlalchemy.exc import OperationalError
-
-        try:
-            return super().invoke(ctx)
-        except ArzaniError as exc:
-            raise click.ClickException(exc.message) from None
-        except RedisConnectionError as exc:
-            raise click.ClickException(f"Redis is unavailable: {exc}") from None
-        except OperationalError as exc:
-            raise click.ClickException(f"the database is unavailable: {exc.orig}") from None
+from scripts.helpers import ArzaniGroup, Context, Duration, dump_json, pass_context
 
 
 @click.group(cls=ArzaniGroup)
@@ -108,14 +73,13 @@ def sessions() -> None:
 @pass_context
 def sessions_list(ctx: Context, limit: int, inconsistent: bool, as_json: bool) -> None:
     """Sessions tracked in Redis, then live conversations whose session has no key, newest first."""
-    from app.conversations import session_status
     from app.operations import known_session_ids
 
     shown = 0
     if not as_json:
         click.echo(f"{'SESSION':<36} {'CONVERSATION':<36} {'TRACKED':<8} {'TTL_S':>8} {'PENDING':>7} STATE")
     for session_id in known_session_ids(ctx.services):
-        status = session_status(ctx.services, session_id)
+        status = ctx.services.sessions.status(session_id)
         if inconsistent and status["consistent"]:
             continue
         if as_json:
@@ -138,14 +102,13 @@ def sessions_list(ctx: Context, limit: int, inconsistent: bool, as_json: bool) -
 def sessions_show(ctx: Context, session_id: str) -> None:
     """What GET /api/sessions/SID shows, for any user, plus the fence counter."""
     from app import keys
-    from app.conversations import session_status
 
     if not keys.is_valid_session_id(session_id):
         raise click.BadParameter("session ids match ^[A-Za-z0-9_-]{8,128}$", param_hint="SESSION_ID")
-    status = session_status(ctx.services, session_id)
+    status = ctx.services.sessions.status(session_id)
     fence = ctx.services.redis.get(keys.fence_key(session_id))
     status["fence"] = int(fence) if fence is not None else None
-    _dump(status)
+    dump_json(status)
 
 
 @cli.command("sweep")
@@ -158,25 +121,6 @@ def sweep(ctx: Context, older_than_s: int) -> None:
 
     requeued = sweep_pending(ctx.services, older_than_s)
     click.echo(f"requeued {len(requeued)} reply job(s)" + (f": {requeued}" if requeued else ""))
-
-
-class Duration(click.ParamType):
-    """`90`, `90s`, `15m`, `2h`, `7d` -> timedelta."""
-
-    name = "duration"
-    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-    def convert(self, value, param, ctx):
-        from datetime import timedelta
-
-        if isinstance(value, timedelta):
-            return value
-        text = str(value).strip().lower()
-        unit = text[-1] if text and text[-1] in self._UNITS else "s"
-        number = text[:-1] if text and text[-1] in self._UNITS else text
-        if not number.isdigit():
-            self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 7d", param, ctx)
-        return timedelta(seconds=int(number) * self._UNITS[unit])
 
 
 @cli.command("reconcile")
@@ -221,10 +165,6 @@ def users_revoke(ctx: Context, name_or_id: str) -> None:
 
     user = revoke_user(ctx.services, name_or_id)
     click.echo(f"revoked user {user.id} ({user.name})")
-
-
-def _dump(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 # Commands that live in their own modules (imported last: they use nothing above).

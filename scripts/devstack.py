@@ -30,9 +30,10 @@ PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 @click.option("--workers", "worker_count", default=2, show_default=True, help="rq worker processes")
 def run(web_processes: int, worker_count: int) -> None:
     """Start Redis (unless REDIS_URL is set), the web app and the RQ workers; Ctrl-C stops all."""
+    from app import defaults
     from app.config import Settings
     from app.errors import ArzaniError
-    from app.services import Services
+    from app.wiring import Wiring
 
     env = dict(os.environ)
     env.setdefault("PORT", "5000")
@@ -59,7 +60,7 @@ def run(web_processes: int, worker_count: int) -> None:
         try:
             from app.migrate import upgrade
 
-            services = Services(Settings.from_env(env), process_kind="cli")
+            services = Wiring(Settings.from_env(env), process_kind="cli")
             upgrade(services.db)  # the Procfile's release: step
             services.close()
         except ArzaniError as exc:
@@ -78,7 +79,7 @@ def run(web_processes: int, worker_count: int) -> None:
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
         click.echo(f"Redis: {env['REDIS_URL']}   (redis-cli -u {env['REDIS_URL']})")
-        click.echo(f"Database: {env.get('DATABASE_URL') or 'sqlite:///instance/arzani.db'}")
+        click.echo(f"Database: {env.get('DATABASE_URL') or defaults.DATABASE_URL}")
         click.echo("Ctrl-C stops everything.")
         sys.stdout.flush()
         manager.loop()

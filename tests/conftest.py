@@ -12,7 +12,8 @@ from rq import SimpleWorker
 from app import create_app
 from app.auth import create_api_user
 from app.config import Settings
-from app.services import Services
+from app.wiring import Wiring
+from tests.fake_llm import FakeLLM
 from tests.servers import PostgresDatabase, RedisServer
 from workers import jobs
 
@@ -60,9 +61,9 @@ def settings(redis_url, database_url):
 
 @pytest.fixture
 def services(settings):
-    wiring = Services(settings)
+    wiring = Wiring(settings)
     wiring.db.create_all()
-    jobs.use_services(Services(settings, process_kind="worker"))
+    jobs.use_services(Wiring(settings, process_kind="worker"))
     yield wiring
     jobs.use_services(None)
     wiring.close()
@@ -118,9 +119,17 @@ def api(make_api):
 
 
 @pytest.fixture
+def fake_llm():
+    """An OpenAI-compatible server on loopback (tests/fake_llm.py)."""
+    llm = FakeLLM().start()
+    yield llm
+    llm.close()
+
+
+@pytest.fixture
 def make_stack(redis_url, tmp_path):
-    """Real processes (tests/stack.py) on the test's Redis and a fresh SQLite file, schema
-    migrated; every stack made is closed when the test ends."""
+    """Real processes (tests/stack.py) on the test's Redis and, unless a database URL is given, a
+    fresh SQLite file with the schema migrated; every stack made is closed when the test ends."""
     from tests.stack import Stack
 
     made = []
@@ -128,7 +137,8 @@ def make_stack(redis_url, tmp_path):
     def _make(database_url: str | None = None, **env: str) -> Stack:
         stack = Stack(redis_url, database_url or f"sqlite:///{tmp_path / f'stack{len(made)}.db'}", tmp_path, **env)
         made.append(stack)
-        stack.init_db()
+        if database_url is None:
+            stack.init_db()
         return stack
 
     yield _make

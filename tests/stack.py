@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from app import defaults
 from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
@@ -24,7 +25,7 @@ def stack_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
         ARZANI_SECRET_KEY="stack-test-secret",
-        ARZANI_QUEUE="arzani",
+        ARZANI_QUEUE=defaults.QUEUE,
         ARZANI_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
@@ -96,7 +97,7 @@ class Stack:
     def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
         return self._spawn(name, [str(BIN / "rq"), "worker", "--url", self.env["REDIS_URL"],
                                   "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
-                                  *extra, "arzani"])
+                                  *extra, self.env["ARZANI_QUEUE"]])
 
     def run_burst_worker(self, timeout: float = 120) -> None:
         """A stock `rq worker --burst`: runs what is queued, then exits."""

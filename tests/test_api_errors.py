@@ -6,9 +6,7 @@ import uuid
 
 import pytest
 
-
-def sid() -> str:
-    return uuid.uuid4().hex
+from tests.helpers import new_session_id
 
 
 def assert_error(response, status: int, code: str | None = None):
@@ -32,7 +30,7 @@ def test_bad_session_ids_are_400(api, bad):
 
 
 def test_malformed_and_misshapen_bodies(api):
-    session_id = sid()
+    session_id = new_session_id()
     path = f"/api/sessions/{session_id}/messages"
     assert_error(api.client.post(path, data="{not json", headers={**api.headers, "Content-Type": "application/json"}),
                  400)
@@ -51,7 +49,7 @@ def test_malformed_and_misshapen_bodies(api):
 
 
 def test_content_over_32_kib_is_413_and_at_the_limit_is_fine(api):
-    session_id = sid()
+    session_id = new_session_id()
     assert_error(api.send(session_id, "x" * (32 * 1024 + 1)), 413, "content_too_large")
     assert api.send(session_id, "é" * (16 * 1024)).status_code == 202  # 32 KiB of UTF-8
     assert_error(api.client.post(f"/api/sessions/{session_id}/messages", data="x" * (300 * 1024),
@@ -60,13 +58,13 @@ def test_content_over_32_kib_is_413_and_at_the_limit_is_fine(api):
 
 def test_unicode_is_stored_and_returned_intact(api):
     text = "héllo 👋🏽 مرحبا עברית \u202e reversed 中文 \U0001f600 tab\there"
-    posted = api.send(sid(), text).json
+    posted = api.send(new_session_id(), text).json
     got = api.get(f"/api/conversations/{posted['conversation_id']}").json
     assert got["messages"][0]["content"] == text
 
 
 def test_idempotent_retry_returns_the_first_message_and_no_second_job(api, services):
-    session_id = sid()
+    session_id = new_session_id()
     first = api.send(session_id, "once", client_message_id="c-1")
     again = api.send(session_id, "once", client_message_id="c-1")
     assert (first.status_code, again.status_code) == (202, 200)
@@ -78,7 +76,7 @@ def test_idempotent_retry_returns_the_first_message_and_no_second_job(api, servi
 
 def test_other_users_things_are_404_like_missing_ones(make_api):
     alice, bob = make_api("alice"), make_api("bob")
-    session_id = sid()
+    session_id = new_session_id()
     posted = alice.send(session_id, "mine").json
     missing_conversation = bob.get(f"/api/conversations/{uuid.uuid4()}")
     foreign_conversation = bob.get(f"/api/conversations/{posted['conversation_id']}")
@@ -94,7 +92,7 @@ def test_other_users_things_are_404_like_missing_ones(make_api):
 
 
 def test_pagination_and_its_bounds(api):
-    ids = [api.send(sid(), f"chat {n}").json["conversation_id"] for n in range(5)]
+    ids = [api.send(new_session_id(), f"chat {n}").json["conversation_id"] for n in range(5)]
     first = api.get("/api/conversations?limit=2").json
     second = api.get(f"/api/conversations?limit=2&cursor={first['next_cursor']}").json
     third = api.get(f"/api/conversations?limit=2&cursor={second['next_cursor']}").json
@@ -106,7 +104,7 @@ def test_pagination_and_its_bounds(api):
 
 
 def test_rename_and_delete(api, services):
-    session_id = sid()
+    session_id = new_session_id()
     posted = api.send(session_id, "first words become the title").json
     cid = posted["conversation_id"]
     assert api.get(f"/api/conversations/{cid}").json["title"] == "first words become the title"
@@ -127,9 +125,9 @@ def test_rate_limit_is_per_user_shared_and_says_when_to_retry(services, settings
     import dataclasses
 
     from app import create_app
-    from app.services import Services
+    from app.wiring import Wiring
 
-    limited = Services(dataclasses.replace(settings, rate_limit="3/minute"))
+    limited = Wiring(dataclasses.replace(settings, rate_limit="3/minute"))
     # Two app instances (two "processes") share the count through Redis.
     first, second = (create_app({"TESTING": True}, services=limited).test_client() for _ in range(2))
     alice, bob = make_api("alice"), make_api("bob")

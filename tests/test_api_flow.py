@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
-
-def sid() -> str:
-    return uuid.uuid4().hex
+from tests.helpers import new_session_id
 
 
 def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     first = api.send(session_id, "hello there")
     assert first.status_code == 202, first.json
     assert first.headers["Arzani-Session-Resolution"] == "created"
@@ -45,7 +41,7 @@ def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, run_j
 
 
 def test_status_shows_redis_and_database_agree(api, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     posted = api.send(session_id, "hi").json
     status = api.get(f"/api/sessions/{session_id}").json
     assert status["conversation_id"] == posted["conversation_id"]

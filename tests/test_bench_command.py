@@ -22,3 +22,15 @@ def test_bench_prints_every_figure(tmp_path):
                    "accepted messages/s", "reply latency p50", "memory per session", "sidebar page"):
         assert figure in names, result.stdout
     assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
+
+
+def test_the_baseline_endpoint_validates_like_the_api(services, api):
+    """The bench's baseline parses its body with the API's own function: bad input is the API's error."""
+    from app import create_app
+    from scripts.bench_app import bp
+
+    app = create_app({"TESTING": True}, services=services)
+    app.register_blueprint(bp)
+    answer = app.test_client().post("/bench/baseline/s-12345678/c-1", json={}, headers=api.headers)
+    assert answer.status_code == 422
+    assert answer.json["error"]["code"] == "invalid_body"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from click.testing import CliRunner
 
 from app import keys
 from scripts.cli import cli
+from tests.helpers import new_session_id
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_users_create_prints_the_token_alone_on_the_last_line(arzani, client):
 
 
 def test_sessions_show_and_list_report_what_redis_and_the_database_believe(arzani, api, services):
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     posted = api.send(session_id, "status please").json
     shown = json.loads(arzani("sessions", "show", session_id).output)
     assert shown["conversation_id"] == posted["conversation_id"]
@@ -72,19 +72,3 @@ def test_users_revoke_stops_the_token_at_once(arzani, client):
     assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
     again = arzani("users", "revoke", "temp", ok=False)
     assert again.exit_code == 1 and "no live user" in again.output
-
-
-def test_production_refuses_to_start_without_a_secret_key(monkeypatch):
-    from app import create_app
-    from app.config import Settings
-    from app.errors import ConfigurationError
-
-    with pytest.raises(ConfigurationError, match="ARZANI_SECRET_KEY is required"):
-        Settings.from_env({"ARZANI_ENV": "production", "REDIS_URL": "redis://x"})
-    monkeypatch.setenv("ARZANI_ENV", "production")
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.delenv("ARZANI_SECRET_KEY", raising=False)
-    with pytest.raises(ConfigurationError):
-        create_app()
-    monkeypatch.setenv("ARZANI_SECRET_KEY", "s3cret")
-    assert create_app().config["SESSION_COOKIE_SECURE"] is True

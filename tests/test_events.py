@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from app import keys
-from tests.fake_llm import FakeLLM
+from tests.helpers import new_session_id
 from workers import agents, jobs
 
 
@@ -32,14 +32,14 @@ def subscribed(services, session_id) -> bool:
 
 
 def test_tokens_and_the_reply_reach_the_event_stream(api, services, monkeypatch):
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     posted = api.send(session_id, "stream to me").json
     stream = api.get(f"/api/sessions/{session_id}/events", buffered=False)
     assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
     got = []
     reader = threading.Thread(target=lambda: got.extend(read_events(stream, until="reply")))
     reader.start()
-    from tests.faults.test_worker_crash import wait_for
+    from tests.helpers import wait_for
 
     wait_for(lambda: subscribed(services, session_id), 10, "the stream to subscribe")
     jobs.reply(posted["message"]["id"])
@@ -57,35 +57,28 @@ def test_tokens_and_the_reply_reach_the_event_stream(api, services, monkeypatch)
 
 def test_someone_elses_session_has_no_stream(make_api):
     alice, bob = make_api("alice"), make_api("bob")
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     alice.send(session_id, "private")
     assert bob.get(f"/api/sessions/{session_id}/events").status_code == 404
     assert bob.get(f"/api/sessions/{uuid.uuid4().hex}/events").status_code == 404
 
 
-@pytest.fixture
-def llm():
-    server = FakeLLM().start()
-    yield server
-    server.close()
-
-
-def test_the_openai_agent_streams_and_sends_the_whole_history(llm):
-    agent = agents.OpenAIAgent(llm.url, "sk-test", "tiny-model", timeout_s=5)
+def test_the_openai_agent_streams_and_sends_the_whole_history(fake_llm):
+    agent = agents.OpenAIAgent(fake_llm.url, "sk-test", "tiny-model", timeout_s=5)
     history = [agents.Turn("user", "first"), agents.Turn("assistant", "one"), agents.Turn("user", "second")]
     deltas = []
     text = agent.reply("c-1", history, on_token=deltas.append)
     assert text == "LLM heard 'second' after 3 turns"
     assert len(deltas) > 1 and "".join(deltas) == text
-    sent = llm.requests[0]
+    sent = fake_llm.requests[0]
     assert sent["stream"] is True and sent["model"] == "tiny-model"
     assert [m["content"] for m in sent["messages"]] == ["first", "one", "second"]
 
 
-def test_the_openai_agent_fails_clearly(llm):
-    llm.fail_next = 1
+def test_the_openai_agent_fails_clearly(fake_llm):
+    fake_llm.fail_next = 1
     with pytest.raises(agents.AgentError, match="chat completions call failed"):
-        agents.OpenAIAgent(llm.url, None, "m", timeout_s=5).reply("c", [agents.Turn("user", "hi")])
+        agents.OpenAIAgent(fake_llm.url, None, "m", timeout_s=5).reply("c", [agents.Turn("user", "hi")])
     with pytest.raises(agents.AgentError):
         agents.OpenAIAgent("http://127.0.0.1:1/v1", None, "m", timeout_s=2).reply("c", [agents.Turn("user", "x")])
 
@@ -97,7 +90,7 @@ def test_a_failed_reply_can_be_retried(api, services, run_jobs, monkeypatch):
 
     monkeypatch.setattr(jobs, "make_agent", lambda settings: Broken())
     object.__setattr__(services.settings, "reply_retries", 0)
-    posted = api.send(uuid.uuid4().hex, "try me").json
+    posted = api.send(new_session_id(), "try me").json
     run_jobs()
     path = f"/api/conversations/{posted['conversation_id']}/messages/{posted['message']['id']}/retry"
     monkeypatch.undo()
@@ -110,12 +103,12 @@ def test_a_failed_reply_can_be_retried(api, services, run_jobs, monkeypatch):
     assert again.status_code == 409 and again.json["error"]["code"] == "conflict"
 
 
-def test_a_stalled_llm_times_out_as_an_agent_error(llm):
+def test_a_stalled_llm_times_out_as_an_agent_error(fake_llm):
     from app.config import Settings
 
-    llm.hold()  # the endpoint accepts the request and never answers
-    agent = agents.make_agent(Settings.from_env({"ARZANI_AGENT": "openai", "OPENAI_BASE_URL": llm.url,
+    fake_llm.hold()  # the endpoint accepts the request and never answers
+    agent = agents.make_agent(Settings.from_env({"ARZANI_AGENT": "openai", "OPENAI_BASE_URL": fake_llm.url,
                                                  "ARZANI_AGENT_TIMEOUT": "0.5"}))
     with pytest.raises(agents.AgentError, match="timed out"):
         agent.reply("c", [agents.Turn("user", "hello?")])
-    llm.release()
+    fake_llm.release()

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from app.openapi import PATHS
+from tests.helpers import new_session_id
 
 BODIES = {"post": {"content": "hello"}, "patch": {"title": "mine now"}}
 
@@ -28,7 +29,7 @@ def call(client, method, path, headers):
 
 @pytest.mark.parametrize(("path", "method"), list(routes()))
 def test_every_route_wants_an_identity(client, path, method):
-    concrete = path.format(session_id=uuid.uuid4().hex, conversation_id=str(uuid.uuid4()), message_id=1)
+    concrete = path.format(session_id=new_session_id(), conversation_id=str(uuid.uuid4()), message_id=1)
     response = call(client, method, concrete, {})
     assert response.status_code == 401
     assert response.json["error"]["code"] == "unauthorized"
@@ -37,12 +38,12 @@ def test_every_route_wants_an_identity(client, path, method):
 @pytest.mark.parametrize(("path", "method"), [r for r in routes() if "{" in r[0]])
 def test_another_users_things_are_indistinguishable_from_missing_ones(make_api, run_jobs, path, method):
     alice, bob = make_api("alice"), make_api("bob")
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     posted = alice.send(session_id, "alice's secret").json
     run_jobs()
     theirs = path.format(session_id=session_id, conversation_id=posted["conversation_id"],
                          message_id=posted["message"]["id"])
-    missing = path.format(session_id=uuid.uuid4().hex, conversation_id=str(uuid.uuid4()), message_id=10**6)
+    missing = path.format(session_id=new_session_id(), conversation_id=str(uuid.uuid4()), message_id=10**6)
 
     foreign = call(bob.client, method, theirs, bob.headers)
     absent = call(bob.client, method, missing, bob.headers)

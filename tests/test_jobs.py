@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 from sqlalchemy import func, select
 
 from app import keys
 from app.models import Message
+from tests.helpers import new_session_id
 from workers import agents, jobs
 
 
-def sid() -> str:
-    return uuid.uuid4().hex
-
-
 def assistant_count(services, conversation_id) -> int:
-    with services.db.session() as db:
+    with services.db.read() as db:
         return db.scalar(select(func.count()).where(Message.conversation_id == conversation_id,
                                                     Message.role == "assistant"))
 
 
 def test_a_job_that_runs_twice_leaves_one_reply(api, services, run_jobs):
-    posted = api.send(sid(), "once please").json
+    posted = api.send(new_session_id(), "once please").json
     run_jobs()
     again = jobs.reply(posted["message"]["id"])  # a retry, or a horse that outlived its parent
     assert again["attached_for"] == []
@@ -31,7 +27,7 @@ def test_a_job_that_runs_twice_leaves_one_reply(api, services, run_jobs):
 
 
 def test_two_concurrent_runs_of_one_job_leave_one_reply(api, services, monkeypatch):
-    posted = api.send(sid(), "race me").json
+    posted = api.send(new_session_id(), "race me").json
     both_generated = threading.Barrier(2)
 
     class SlowEcho(agents.EchoAgent):
@@ -55,13 +51,13 @@ def test_two_concurrent_runs_of_one_job_leave_one_reply(api, services, monkeypat
 
 
 def test_replies_are_attached_in_the_order_of_the_user_messages(api, services):
-    session_id = sid()
+    session_id = new_session_id()
     ids = [api.send(session_id, f"question {n}").json["message"]["id"] for n in (1, 2, 3)]
     result = jobs.reply(ids[2])  # the last message's job runs first
     assert result["attached_for"] == ids
     assert jobs.reply(ids[0])["attached_for"] == []
     conversation_id = result["conversation_id"]
-    with services.db.session() as db:
+    with services.db.read() as db:
         replies = db.scalars(select(Message).where(Message.conversation_id == conversation_id,
                                                    Message.role == "assistant")
                              .order_by(Message.id)).all()
@@ -77,7 +73,7 @@ def test_a_reply_given_up_on_is_visibly_failed(api, services, run_jobs, monkeypa
 
     monkeypatch.setattr(jobs, "make_agent", lambda settings: Broken())
     object.__setattr__(services.settings, "reply_retries", 0)  # the first failure is the last
-    posted = api.send(sid(), "anyone there?").json
+    posted = api.send(new_session_id(), "anyone there?").json
     run_jobs()
     message = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"][0]
     assert message["status"] == "failed"
@@ -85,7 +81,7 @@ def test_a_reply_given_up_on_is_visibly_failed(api, services, run_jobs, monkeypa
 
 
 def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     first = api.send(session_id, "before").json
     services.redis.delete(keys.session_key(session_id))  # evicted, expired, flushed...
     second = api.send(session_id, "after")
@@ -98,7 +94,7 @@ def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jo
 
 
 def test_worker_repairs_a_session_key_that_names_another_conversation(api, services, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     posted = api.send(session_id, "where will my reply go?").json
     services.redis.hset(keys.session_key(session_id), "conversation_id", "some-other-conversation")
     run_jobs()
@@ -107,7 +103,7 @@ def test_worker_repairs_a_session_key_that_names_another_conversation(api, servi
 
 
 def test_a_stale_key_on_the_web_side_is_dropped_and_the_database_wins(api, services):
-    session_id = sid()
+    session_id = new_session_id()
     posted = api.send(session_id, "one").json
     services.redis.hset(keys.session_key(session_id), "conversation_id", "deleted-or-foreign")
     again = api.send(session_id, "two")
@@ -117,7 +113,7 @@ def test_a_stale_key_on_the_web_side_is_dropped_and_the_database_wins(api, servi
 
 
 def test_no_reply_resurrects_a_deleted_conversation(api, services, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     posted = api.send(session_id, "forget me").json
     assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
     assert services.redis.exists(keys.session_key(session_id)) == 0
@@ -137,7 +133,7 @@ def test_a_failed_enqueue_still_answers_202_and_the_sweeper_recovers_it(api, ser
         raise RedisConnectionError("Redis went away between commit and enqueue")
 
     monkeypatch.setattr(services.queue, "enqueue", refuse)
-    posted = api.send(sid(), "stored but not enqueued")
+    posted = api.send(new_session_id(), "stored but not enqueued")
     assert posted.status_code == 202  # committed: a 503 now would invite a duplicate
     assert services.queue.count == 0
     monkeypatch.undo()
@@ -151,7 +147,7 @@ def test_a_failed_enqueue_still_answers_202_and_the_sweeper_recovers_it(api, ser
 
 
 def test_a_client_retry_enqueues_a_job_that_was_lost(api, services, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     first = api.send(session_id, "hello?", client_message_id="retry-1").json
     services.queue.empty()  # the job was lost (say, Redis restarted)
     services.rq_redis.delete(f"rq:job:{first['job_id']}")

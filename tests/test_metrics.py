@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 import pytest
+
+from tests.helpers import new_session_id
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def test_metrics_add_up_across_web_processes_and_work_horses(make_stack, tmp_pat
     token = stack.create_user("metered")
     for name in ("w1", "w2"):
         stack.start_worker(name, "-c", "workers.rq_settings")
-    sessions = [uuid.uuid4().hex for _ in range(4)]
+    sessions = [new_session_id() for _ in range(4)]
     for n in range(3):
         for session_id in sessions:
             status, _ = stack.request("POST", f"/api/sessions/{session_id}/messages",

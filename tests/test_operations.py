@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,10 +12,7 @@ from sqlalchemy import func, select, text
 from app import keys
 from app.models import Conversation, Message, utcnow
 from scripts.cli import cli
-
-
-def sid() -> str:
-    return uuid.uuid4().hex
+from tests.helpers import new_session_id
 
 
 @pytest.fixture
@@ -30,7 +26,7 @@ def arzani(settings, services):
 
 
 def test_reconcile_repairs_keys_from_the_database(arzani, api, services):
-    mismatched, dangling, untracked, fine = sid(), sid(), sid(), sid()
+    mismatched, dangling, untracked, fine = new_session_id(), new_session_id(), new_session_id(), new_session_id()
     posted = {s: api.send(s, "hello").json for s in (mismatched, dangling, untracked, fine)}
     services.redis.hset(keys.session_key(mismatched), "conversation_id", "not-this-one")
     api.delete(f"/api/conversations/{posted[dangling]['conversation_id']}")
@@ -58,7 +54,7 @@ def test_reconcile_repairs_keys_from_the_database(arzani, api, services):
 
 
 def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, services, run_jobs):
-    session_id = sid()
+    session_id = new_session_id()
     first = api.send(session_id, "first in the old conversation", client_message_id="dup").json
     run_jobs()
     # Legacy data: a database written without the unique index, where a second process made a
@@ -76,7 +72,7 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
     report = arzani("reconcile", "--fix")
     assert report.exit_code == 0, report.output
     assert "duplicate_conversations" in report.output
-    with services.db.session() as db:
+    with services.db.read() as db:
         live = db.scalars(select(Conversation).where(Conversation.session_id == session_id,
                                                      Conversation.deleted_at.is_(None))).all()
         assert [c.id for c in live] == [first["conversation_id"]]
@@ -93,8 +89,8 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
 
 
 def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api, services):
-    kept = api.send(sid(), "a real chat").json
-    orphan_session = sid()
+    kept = api.send(new_session_id(), "a real chat").json
+    orphan_session = new_session_id()
     with services.db.write() as db:  # a conversation whose first message never arrived
         orphan = Conversation(session_id=orphan_session, user_id=api.user_id, created_by="web:gone:1",
                               created_at=utcnow() - timedelta(days=2))
@@ -102,19 +98,19 @@ def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api,
     services.redis.hset(keys.session_key(orphan_session), mapping={"conversation_id": orphan.id,
                                                                    "user_id": api.user_id})
     services.redis.set(keys.lock_key("leftover-lock"), "token-of-a-dead-process")  # no TTL
-    young_session = sid()
+    young_session = new_session_id()
     with services.db.write() as db:
         db.add(Conversation(session_id=young_session, user_id=api.user_id, created_by="web:new:1"))
 
     dry = arzani("cleanup", "--older-than", "1d", "--dry-run")
     assert "would remove conversation " + orphan.id in dry.output
     assert "2 item(s) to remove" in dry.output
-    with services.db.session() as db:
+    with services.db.read() as db:
         assert db.get(Conversation, orphan.id) is not None
 
     done = arzani("cleanup", "--older-than", "1d")
     assert "2 item(s) removed" in done.output, done.output
-    with services.db.session() as db:
+    with services.db.read() as db:
         assert db.get(Conversation, orphan.id) is None
         assert db.get(Conversation, kept["conversation_id"]) is not None
         assert db.scalar(select(func.count()).where(Conversation.session_id == young_session)) == 1

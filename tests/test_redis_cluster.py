@@ -9,15 +9,14 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
 
 from app import keys
-from app.locks import SessionLock
-from app.services import Services
+from app.wiring import Wiring
+from tests.helpers import new_session_id
 from tests.servers import free_port
 from tests.stack import BIN
 
@@ -82,7 +81,7 @@ def cluster():
 
 @pytest.fixture
 def cluster_services(cluster, settings, services):
-    wiring = Services(dataclasses.replace(settings, redis_url=cluster.url, redis_cluster=True,
+    wiring = Wiring(dataclasses.replace(settings, redis_url=cluster.url, redis_cluster=True,
                                           queue_redis_url=settings.redis_url))
     yield wiring
     wiring.close()
@@ -90,7 +89,7 @@ def cluster_services(cluster, settings, services):
 
 def test_a_sessions_keys_share_one_slot(cluster_services):
     client = cluster_services.redis
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     slots = {client.cluster_keyslot(k) for k in (keys.session_key(session_id), keys.lock_key(session_id),
                                                  keys.fence_key(session_id))}
     assert len(slots) == 1
@@ -98,9 +97,9 @@ def test_a_sessions_keys_share_one_slot(cluster_services):
 
 
 def test_the_lock_works_on_the_cluster(cluster_services):
-    session_id = uuid.uuid4().hex
-    first = SessionLock(cluster_services.redis, session_id, 5000, 60_000)
-    second = SessionLock(cluster_services.redis, session_id, 5000, 60_000)
+    session_id = new_session_id()
+    first = cluster_services.sessions.lock(session_id, 5000)
+    second = cluster_services.sessions.lock(session_id, 5000)
     assert first.acquire() and not second.acquire()
     first.release()
     assert second.acquire() and (first.fence, second.fence) == (1, 2)
@@ -109,7 +108,7 @@ def test_the_lock_works_on_the_cluster(cluster_services):
 
 def test_racing_resolutions_on_the_cluster_make_one_conversation(cluster_services, api):
     for _ in range(5):
-        session_id = uuid.uuid4().hex
+        session_id = new_session_id()
         barrier, results = threading.Barrier(8), []
 
         def racer(sid=session_id, wait=barrier, out=results):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
 
 import pytest
 import redis
@@ -14,9 +13,10 @@ from sqlalchemy import func, select
 from app import keys
 from app.config import Settings
 from app.errors import StaleFence
-from app.locks import SessionLock
 from app.models import Conversation
-from app.services import Services
+from app.sessions import SessionService, TrackedSession
+from app.wiring import Wiring
+from tests.helpers import new_session_id
 
 FORK = multiprocessing.get_context("fork")
 
@@ -44,7 +44,7 @@ def _hold_repeatedly(redis_url, session_id, barrier, rounds, results):
     violations, fences = 0, []
     done = 0
     while done < rounds:
-        lock = SessionLock(client, session_id, lock_ttl_ms=5000, fence_ttl_ms=60_000)
+        lock = SessionService(client, None, lock_ttl_ms=5000, session_ttl_s=60).lock(session_id)
         if not lock.acquire():
             continue
         if client.incr("test:holders") != 1:
@@ -76,7 +76,7 @@ def test_no_two_processes_hold_the_lock_at_once(redis_url):
 
 def _race_first_messages(settings, user_id, session_ids, barrier, threads, results):
     """Child process: `threads` threads resolve each session at the same instant."""
-    services = Services(settings)
+    services = Wiring(settings)
     seen = []
 
     def racer():
@@ -98,7 +98,7 @@ def test_racing_processes_and_threads_get_one_conversation_per_session(services,
 
     user, _ = create_api_user(services, "racer")
     processes, threads = 4, 4
-    session_ids = [uuid.uuid4().hex for _ in range(12)]
+    session_ids = [new_session_id() for _ in range(12)]
     barrier = FORK.Barrier(processes * threads)
     results = FORK.Queue()
     children = [FORK.Process(target=_race_first_messages,
@@ -116,7 +116,7 @@ def test_racing_processes_and_threads_get_one_conversation_per_session(services,
         rows = [r for r in seen if r[0] == session_id]
         assert len({cid for _, cid, _ in rows}) == 1, rows
         assert [how for _, _, how in rows].count("created") == 1
-    with services.db.session() as db:
+    with services.db.read() as db:
         per_session = db.execute(
             select(Conversation.session_id, func.count()).group_by(Conversation.session_id)
         ).all()
@@ -138,8 +138,8 @@ def _wait_until(predicate, timeout=10.0):
 
 
 def test_loser_waits_for_the_holder_and_takes_its_conversation(services, api):
-    session_id = uuid.uuid4().hex
-    holder = SessionLock(services.redis, session_id, 5000, 60_000)
+    session_id = new_session_id()
+    holder = services.sessions.lock(session_id, 5000)
     assert holder.acquire()
     outcome = {}
     waiter = threading.Thread(
@@ -150,9 +150,9 @@ def test_loser_waits_for_the_holder_and_takes_its_conversation(services, api):
     with services.db.write() as db:
         conversation = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:test:1")
         db.add(conversation)
-    assert holder.commit_session(conversation_id=conversation.id, user_id=api.user_id,
-                                 created_by="web:test:1", created_at_ms=1, now_ms=2,
-                                 session_ttl_ms=60_000)
+    assert services.sessions.commit(holder, session_id, TrackedSession(
+        conversation_id=conversation.id, user_id=api.user_id, created_by="web:test:1", created_at_ms=1,
+        last_seen_at_ms=2))
     waiter.join(10)
     assert outcome["r"].conversation_id == conversation.id
     assert outcome["r"].how == "waited"
@@ -160,22 +160,22 @@ def test_loser_waits_for_the_holder_and_takes_its_conversation(services, api):
 
 
 def test_a_dead_holder_is_taken_over_after_its_lock_expires(services, api):
-    session_id = uuid.uuid4().hex
-    dead = SessionLock(services.redis, session_id, lock_ttl_ms=300, fence_ttl_ms=60_000)
+    session_id = new_session_id()
+    dead = services.sessions.lock(session_id, 300)
     assert dead.acquire()  # and never released: its process "died"
     resolved = services.sessions.resolve(session_id, api.user_id)
     assert resolved.how == "created"
     assert int(services.redis.get(keys.fence_key(session_id))) == 2
-    with services.db.session() as db:
+    with services.db.read() as db:
         assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
 
 
 def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api):
-    session_id = uuid.uuid4().hex
-    stalled = SessionLock(services.redis, session_id, lock_ttl_ms=200, fence_ttl_ms=60_000)
+    session_id = new_session_id()
+    stalled = services.sessions.lock(session_id, 200)
     assert stalled.acquire()
     _wait_until(lambda: services.redis.pttl(keys.lock_key(session_id)) == -2)  # expired mid-"pause"
-    newer = SessionLock(services.redis, session_id, lock_ttl_ms=5000, fence_ttl_ms=60_000)
+    newer = services.sessions.lock(session_id, 5000)
     assert newer.acquire()
     assert (stalled.fence, newer.fence) == (1, 2)
 
@@ -183,8 +183,8 @@ def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api
     with pytest.raises(StaleFence):
         services.sessions._find_or_create(stalled, session_id, api.user_id)
     # ...its session hash write is refused, and its release leaves the new owner's lock alone.
-    assert not stalled.commit_session(conversation_id="stale", user_id=api.user_id, created_by="x",
-                                      created_at_ms=1, now_ms=1, session_ttl_ms=60_000)
+    assert not services.sessions.commit(stalled, session_id, TrackedSession(
+        conversation_id="stale", user_id=api.user_id, created_by="x", created_at_ms=1, last_seen_at_ms=1))
     assert services.redis.hget(keys.session_key(session_id), "conversation_id") is None
     assert services.redis.get(keys.lock_key(session_id)) == newer.local.token.decode()
     with pytest.raises(LockNotOwnedError):
@@ -195,9 +195,9 @@ def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api
 
     conversation, how = services.sessions._find_or_create(newer, session_id, api.user_id)
     assert how == "created"
-    assert newer.commit_session(conversation_id=conversation.id, user_id=api.user_id,
-                                created_by=conversation.created_by, created_at_ms=1, now_ms=1,
-                                session_ttl_ms=60_000)
+    assert services.sessions.commit(newer, session_id, TrackedSession(
+        conversation_id=conversation.id, user_id=api.user_id, created_by=conversation.created_by,
+        created_at_ms=1, last_seen_at_ms=1))
     assert services.redis.hget(keys.session_key(session_id), "conversation_id") == conversation.id
 
 
@@ -206,7 +206,7 @@ def test_unique_constraint_is_the_last_guard(services, api):
     next resolution uses it, and the database refuses a second live one."""
     from sqlalchemy.exc import IntegrityError
 
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     with services.db.write() as db:
         db.add(Conversation(id="c-behind-the-lock", session_id=session_id, user_id=api.user_id,
                             created_by="web:elsewhere:1"))
@@ -217,8 +217,8 @@ def test_unique_constraint_is_the_last_guard(services, api):
 
 
 def test_settings_lock_ttl_reaches_the_lock(services, settings: Settings):
-    session_id = uuid.uuid4().hex
-    lock = SessionLock(services.redis, session_id, settings.lock_ttl_ms, 60_000)
+    session_id = new_session_id()
+    lock = services.sessions.lock(session_id)
     assert lock.acquire()
     assert 0 < services.redis.pttl(keys.lock_key(session_id)) <= settings.lock_ttl_ms
     lock.release()
@@ -230,8 +230,8 @@ def test_the_upsert_keeps_a_stale_twin_out_without_an_error(services, api):
     if services.db.is_sqlite:
         pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE): no twin can commit between the "
                     "check and the insert, so this interleaving cannot happen there")
-    session_id = uuid.uuid4().hex
-    lock = SessionLock(services.redis, session_id, 5000, 60_000)
+    session_id = new_session_id()
+    lock = services.sessions.lock(session_id, 5000)
     assert lock.acquire()
     real_fence_check = lock.fence_is_current
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import http.client
 import threading
-import uuid
 
 import pytest
+
+from tests.helpers import new_session_id
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ def stack(make_stack):
 def test_concurrent_first_messages_over_http_make_one_conversation_and_one_reply_each(stack):
     stack.start_web(workers=4, threads=4)
     token = stack.create_user("racer")
-    racers, session_ids = 12, [uuid.uuid4().hex for _ in range(6)]
+    racers, session_ids = 12, [new_session_id() for _ in range(6)]
     barrier = threading.Barrier(racers)
     results, errors = [], []
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.config import Settings
+from app.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,22 @@ class OpenAIAgent:
         return text
 
 
+def _openai(settings: Settings) -> Agent:
+    return OpenAIAgent(settings.openai_base_url, settings.openai_api_key, settings.model,
+                       timeout_s=settings.agent_timeout_s)
+
+
+REGISTRY: dict[str, Callable[[Settings], Agent]] = {
+    "echo": lambda settings: EchoAgent(),
+    "openai": _openai,
+}
+"""ARZANI_AGENT -> factory. The names are app.defaults.AGENT_NAMES (what the settings accept)."""
+
+
 def make_agent(settings: Settings) -> Agent:
-    if settings.agent == "openai":
-        return OpenAIAgent(settings.openai_base_url, settings.openai_api_key, settings.model,
-                           timeout_s=settings.agent_timeout_s)
-    return EchoAgent()
+    """The configured agent. A name with no factory is a configuration error, never a silent echo."""
+    factory = REGISTRY.get(settings.agent)
+    if factory is None:
+        raise ConfigurationError(f"ARZANI_AGENT names no agent: {settings.agent!r} "
+                                 f"(registered: {', '.join(sorted(REGISTRY))})")
+    return factory(settings)

@@ -13,30 +13,31 @@ import logging
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import events, keys, metrics
+from app import events, metrics
 from app.config import Settings
 from app.conversations import message_json
 from app.logs import configure_logging
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
-from app.services import Services
 from app.sessions import process_name
+from app.wiring import Wiring
 from workers.agents import Turn, make_agent
 
 log = logging.getLogger("arzani.jobs")
 
-_services: Services | None = None
+_services: Wiring | None = None
 
 
-def services() -> Services:
+def services() -> Wiring:
     """This worker process's wiring, made from the environment on first use."""
     global _services
     if _services is None:
-        configure_logging()
-        _services = Services(Settings.from_env(), process_kind="worker")
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        _services = Wiring(settings, process_kind="worker")
     return _services
 
 
-def use_services(replacement: Services | None) -> None:
+def use_services(replacement: Wiring | None) -> None:
     """Hand this process a wiring of its own (tests running jobs in-process)."""
     global _services
     _services = replacement
@@ -57,7 +58,7 @@ def reply(message_id: int) -> dict:
 
 def _reply(message_id: int) -> dict:
     svc = services()
-    with svc.db.session() as db:
+    with svc.db.read() as db:
         message = db.get(Message, message_id)
         if message is None or message.role != MessageRole.USER:
             log.warning("reply job for a message that is not a user message",
@@ -71,7 +72,7 @@ def _reply(message_id: int) -> dict:
 
     _check_session_key(svc, conversation)
 
-    with svc.db.session() as db:
+    with svc.db.read() as db:
         waiting = db.scalars(
             select(Message.id)
             .where(
@@ -87,17 +88,17 @@ def _reply(message_id: int) -> dict:
     return {"message_id": message_id, "conversation_id": conversation.id, "attached_for": attached}
 
 
-def _check_session_key(svc: Services, conversation: Conversation) -> None:
+def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
     """The session key should name the message's conversation. The database is authoritative:
     on disagreement (or a lost key) log it and rewrite the key from the database."""
-    tracked_id = svc.redis.hget(keys.session_key(conversation.session_id), "conversation_id")
+    tracked_id = svc.sessions.tracked_conversation_id(conversation.session_id)
     if tracked_id == conversation.id:
         return
     metrics.session_mismatches.labels(side="worker").inc()
     log.warning(
         "session key disagrees with the message's conversation: repairing from the database",
         extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
-               "tracked_conversation_id": tracked_id, "proc": process_name("worker")},
+               "tracked_conversation_id": tracked_id, "proc": process_name(svc.process_kind)},
     )
     svc.sessions.repair(conversation.session_id, conversation)
 
@@ -117,9 +118,9 @@ def _history(db, conversation_id: str, upto_message_id: int) -> list[Turn]:
     return [Turn(m.role, m.content) for m in rows]
 
 
-def _answer(svc: Services, agent, conversation: Conversation, user_message_id: int) -> bool:
+def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int) -> bool:
     """Attach one reply to `user_message_id`. False if a reply was already there."""
-    with svc.db.session() as db:
+    with svc.db.read() as db:
         if db.scalar(select(Message.id).where(Message.reply_to == user_message_id)) is not None:
             _mark_answered(svc, user_message_id)
             return False
@@ -155,11 +156,11 @@ def _answer(svc: Services, agent, conversation: Conversation, user_message_id: i
                    {"type": "reply", "reply_to": user_message_id, "message": message_json(reply_message)})
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
                                       "session_id": conversation.session_id,
-                                      "proc": process_name("worker")})
+                                      "proc": process_name(svc.process_kind)})
     return True
 
 
-def _mark_answered(svc: Services, user_message_id: int) -> None:
+def _mark_answered(svc: Wiring, user_message_id: int) -> None:
     with svc.db.write() as db:
         db.execute(update(Message).where(Message.id == user_message_id,
                                          Message.status != MessageStatus.ANSWERED)

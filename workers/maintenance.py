@@ -16,23 +16,21 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select
 
-from app.conversations import enqueue_reply, reply_job_id
+from app import defaults
+from app.jobqueue import enqueue_reply, reply_job_id
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
-from app.services import Services
+from app.wiring import Wiring
 
 log = logging.getLogger("arzani.maintenance")
-
-DEFAULT_SWEEP_AFTER_S = 60
-"""A pending message older than this with no live job is enqueued again."""
 
 _ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def sweep_pending(services: Services, older_than_s: int = DEFAULT_SWEEP_AFTER_S,
+def sweep_pending(services: Wiring, older_than_s: int = defaults.SWEEP_AFTER_S,
                   limit: int = 1000) -> list[int]:
     """Enqueue again the reply jobs of stranded pending messages; returns their message ids."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with services.db.session() as db:
+    with services.db.read() as db:
         stranded = db.scalars(
             select(Message.id)
             .join(Conversation, Conversation.id == Message.conversation_id)
@@ -55,7 +53,7 @@ def sweep_pending(services: Services, older_than_s: int = DEFAULT_SWEEP_AFTER_S,
             if _alive(services, job):
                 continue
             job.delete()  # finished, failed or orphaned, yet the message is pending: run it afresh
-        enqueue_reply(services, message_id)
+        enqueue_reply(services.queue, services.settings, message_id)
         requeued.append(message_id)
     if requeued:
         log.warning("stranded pending messages enqueued again",
@@ -63,7 +61,7 @@ def sweep_pending(services: Services, older_than_s: int = DEFAULT_SWEEP_AFTER_S,
     return requeued
 
 
-def _alive(services: Services, job: Job) -> bool:
+def _alive(services: Wiring, job: Job) -> bool:
     """Will RQ run this job without our help? A `queued` job must really be in the queue (or in
     its intermediate list, between BLMOVE and start): an enqueue whose push failed leaves a job
     hash that says `queued` and is in no list (Redis applies the rest of a MULTI when one command
@@ -78,7 +76,7 @@ def _alive(services: Services, job: Job) -> bool:
     return any(position is not None for position in pipe.execute())
 
 
-def sweep_job(older_than_s: int = DEFAULT_SWEEP_AFTER_S) -> dict:
+def sweep_job(older_than_s: int = defaults.SWEEP_AFTER_S) -> dict:
     """The RQ job form of `sweep_pending`, for `rq cron` (workers/cron.py)."""
     from workers.jobs import services
 

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_llm import FakeLLM
-from tests.stack import Stack
-
 CHROMIUM = os.environ.get("ARZANI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,36 +31,23 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def fake_llm():
-    llm = FakeLLM().start()
-    yield llm
-    llm.close()
-
-
-def _stack(redis_url, tmp_path, **env):
-    stack = Stack(redis_url, f"sqlite:///{tmp_path / 'browser.db'}", tmp_path, **env)
-    stack.init_db()
+def _serving(stack):
     stack.start_web(workers=2, threads=8)
     stack.start_worker("worker", "--with-scheduler", "-c", "workers.rq_settings")
     return stack
 
 
 @pytest.fixture
-def live(redis_url, tmp_path):
+def live(make_stack):
     """The stack with the echo agent."""
-    stack = _stack(redis_url, tmp_path)
-    yield stack
-    stack.close()
+    return _serving(make_stack())
 
 
 @pytest.fixture
-def live_llm(redis_url, tmp_path, fake_llm):
+def live_llm(make_stack, fake_llm):
     """The stack with the openai agent talking to a fake OpenAI-compatible server on loopback."""
-    stack = _stack(redis_url, tmp_path, ARZANI_AGENT="openai", OPENAI_BASE_URL=fake_llm.url,
-                   OPENAI_API_KEY="sk-test", ARZANI_REPLY_RETRIES="0")
-    yield stack
-    stack.close()
+    return _serving(make_stack(ARZANI_AGENT="openai", OPENAI_BASE_URL=fake_llm.url,
+                               OPENAI_API_KEY="sk-test", ARZANI_REPLY_RETRIES="0"))
 
 
 class ChatPage:

@@ -8,24 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_llm import FakeLLM
-from tests.stack import Stack, descendants_of
+from tests.stack import descendants_of
 
 
 @pytest.fixture
-def fake_llm():
-    llm = FakeLLM().start()
-    yield llm
-    llm.close()
-
-
-@pytest.fixture
-def workers(settings, services, fake_llm, tmp_path):
-    """Real rq worker processes on the test's Redis and database, answering with the fake LLM."""
-    stack = Stack(settings.redis_url, settings.database_url, tmp_path, ARZANI_AGENT="openai",
-                  OPENAI_BASE_URL=fake_llm.url, ARZANI_REPLY_RETRIES=str(settings.reply_retries))
-    yield stack
-    stack.close()
+def workers(settings, services, fake_llm, make_stack):
+    """Real rq worker processes on the test's Redis and database (its schema made by `services`),
+    answering with the fake LLM."""
+    return make_stack(settings.database_url, ARZANI_AGENT="openai", OPENAI_BASE_URL=fake_llm.url,
+                      ARZANI_REPLY_RETRIES=str(settings.reply_retries))
 
 
 def horse_of(worker_pid: int) -> int:

@@ -7,14 +7,14 @@ import dataclasses
 import os
 import socket
 import threading
-import uuid
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from app import create_app, keys
 from app.auth import create_api_user
-from app.services import Services
+from app.wiring import Wiring
+from tests.helpers import new_session_id
 
 
 class TcpProxy:
@@ -79,7 +79,7 @@ def severable(settings, database_url, tmp_path):
     if database_url.startswith("sqlite"):
         folder = tmp_path / "dbdir"
         folder.mkdir()
-        wiring = Services(dataclasses.replace(settings, database_url=f"sqlite:///{folder}/arzani.db"))
+        wiring = Wiring(dataclasses.replace(settings, database_url=f"sqlite:///{folder}/arzani.db"))
 
         def cut():
             wiring.db.dispose()  # a fresh process, or a pool recycled, must open the file anew...
@@ -95,7 +95,7 @@ def severable(settings, database_url, tmp_path):
     url = make_url(database_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    wiring = Services(dataclasses.replace(settings, database_url=proxied))
+    wiring = Wiring(dataclasses.replace(settings, database_url=proxied))
     wiring.db.create_all()
     yield wiring, proxy.cut, proxy.restore
     wiring.close()
@@ -112,7 +112,7 @@ def test_database_down_is_503_with_nothing_half_written_and_recovers(severable):
         return client.post(f"/api/sessions/{session_id}/messages", json={"content": content},
                            headers=headers)
 
-    known, fresh = uuid.uuid4().hex, uuid.uuid4().hex
+    known, fresh = new_session_id(), new_session_id()
     first = send(known, "before the outage").json
 
     cut()

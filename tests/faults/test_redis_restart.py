@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import func, select
 
 from app import keys
 from app.models import Conversation, Message
-from tests.faults.test_worker_crash import wait_for
+from tests.helpers import new_session_id, wait_for
 from workers.maintenance import sweep_pending
 
 pytestmark = pytest.mark.slow
@@ -17,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_after_redis_comes_back_empty_sessions_keep_their_conversations(api, services, redis_server,
                                                                         workers, fake_llm):
-    session_ids = [uuid.uuid4().hex for _ in range(5)]
+    session_ids = [new_session_id() for _ in range(5)]
     first = {s: api.send(s, f"before the restart {s[:6]}").json for s in session_ids}
     assert services.queue.count == 5  # queued, not yet run: no worker is up
 
@@ -41,12 +39,12 @@ def test_after_redis_comes_back_empty_sessions_keep_their_conversations(api, ser
     workers.start_worker("w2")
 
     def all_answered():
-        with services.db.session() as db:
+        with services.db.read() as db:
             return db.scalar(select(func.count()).where(Message.role == "user",
                                                         Message.status != "answered")) == 0
 
     wait_for(all_answered, 90, "every user message to be answered")
-    with services.db.session() as db:
+    with services.db.read() as db:
         per_session = dict(db.execute(select(Conversation.session_id, func.count())
                                       .group_by(Conversation.session_id)).all())
         assert per_session == {s: 1 for s in session_ids}

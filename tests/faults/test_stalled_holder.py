@@ -6,21 +6,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import uuid
 
 import pytest
 from sqlalchemy import func, select
 
 from app import keys
 from app.models import Conversation
-from app.services import Services
-from tests.faults.test_worker_crash import wait_for
+from app.wiring import Wiring
+from tests.helpers import new_session_id, wait_for
 
 FORK = multiprocessing.get_context("fork")
 
 
 def _stalling_resolver(settings, user_id, session_id, holding, results):
-    services = Services(settings)
+    services = Wiring(settings)
     sessions = services.sessions
     find_or_create = sessions._find_or_create
 
@@ -36,7 +35,7 @@ def _stalling_resolver(settings, user_id, session_id, holding, results):
 
 @pytest.mark.slow
 def test_a_frozen_lock_holder_cannot_split_the_session(api, services, settings):
-    session_id = uuid.uuid4().hex
+    session_id = new_session_id()
     holding, results = FORK.Event(), FORK.Queue()
     stalled = FORK.Process(target=_stalling_resolver,
                            args=(settings, api.user_id, session_id, holding, results))
@@ -54,7 +53,7 @@ def test_a_frozen_lock_holder_cannot_split_the_session(api, services, settings):
     assert stalled.exitcode == 0
     assert conversation_id == taken_over.conversation_id  # it woke up and used the winner's
     assert how in ("waited", "recovered", "tracked")
-    with services.db.session() as db:
+    with services.db.read() as db:
         assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
     assert services.redis.hget(keys.session_key(session_id), "conversation_id") == conversation_id
     assert int(services.redis.get(keys.fence_key(session_id))) == 2

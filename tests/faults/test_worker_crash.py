@@ -5,29 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
 import pytest
 from sqlalchemy import select
 
 from app.models import Message
 from tests.faults.conftest import horse_of
+from tests.helpers import new_session_id, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def replies_of(services, conversation_id):
-    with services.db.session() as db:
+    with services.db.read() as db:
         return db.scalars(select(Message).where(Message.conversation_id == conversation_id,
                                                 Message.role == "assistant")).all()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Wait for an observable state (not for time to pass); fail with `what` if it never comes."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def status_of(api, conversation_id):
@@ -37,7 +29,7 @@ def status_of(api, conversation_id):
 def test_a_work_horse_killed_mid_reply_is_retried_and_replies_once(api, services, workers, fake_llm):
     worker = workers.start_worker("w1", "--with-scheduler")
     fake_llm.hold()
-    posted = api.send(uuid.uuid4().hex, "survive the crash").json
+    posted = api.send(new_session_id(), "survive the crash").json
     fake_llm.wait_for_requests(1, timeout=60)  # the horse is inside the agent call now
     os.kill(horse_of(worker.pid), signal.SIGKILL)
     fake_llm.release()
@@ -56,7 +48,7 @@ def test_a_whole_worker_killed_mid_reply_is_recovered_by_rq_maintenance(api, ser
     # 405 s by default!), hence --worker-ttl 20 beside --maintenance-interval 2.
     doomed = workers.start_worker("doomed", "--job-monitoring-interval", "1")
     fake_llm.hold()
-    posted = api.send(uuid.uuid4().hex, "outlive my worker").json
+    posted = api.send(new_session_id(), "outlive my worker").json
     fake_llm.wait_for_requests(1, timeout=60)
     horse = horse_of(doomed.pid)
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker, its scheduler...
@@ -73,12 +65,12 @@ def test_a_whole_worker_killed_mid_reply_is_recovered_by_rq_maintenance(api, ser
 
 
 def test_the_same_job_running_on_two_workers_at_once_leaves_one_reply(api, services, workers, fake_llm):
-    from app.conversations import REPLY_JOB
+    from app.jobqueue import REPLY_JOB
 
     fake_llm.gather = 2  # neither run gets its answer until both are inside the agent call
     workers.start_worker("w1")
     workers.start_worker("w2")
-    posted = api.send(uuid.uuid4().hex, "duplicate delivery").json
+    posted = api.send(new_session_id(), "duplicate delivery").json
     # A second delivery of the same reply (what a retry racing a live horse amounts to).
     services.queue.enqueue(REPLY_JOB, posted["message"]["id"], job_id="reply-duplicate-delivery")
     fake_llm.wait_for_requests(2, timeout=60)

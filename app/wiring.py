@@ -1,30 +1,46 @@
 """Per-process wiring: settings, database, Redis clients, session service, reply queue.
 
-Everything is made lazily on first use, never at import time, and handed to the code that needs
-it. The web app keeps one `Services` in `app.extensions`; each RQ worker process keeps one too
-(workers/jobs.py). redis-py pools notice a fork by themselves; the SQLAlchemy engine is disposed
-in forked children by app/db.py.
+A container, not a service: everything is made lazily on first use, never at import time, and
+handed to the code that needs it. The web app keeps one (`get_wiring()` inside a request, like
+flaskr's `get_db()`); each RQ worker process keeps one too (workers/jobs.py), and so does each
+`arzani` command. `process_kind` (web, worker, cli) says which process it wires. redis-py pools
+notice a fork by themselves; the SQLAlchemy engine is disposed in forked children by app/db.py.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from flask import Flask, current_app
 from redis import Redis
-from rq import Queue
 
+from app import defaults, jobqueue
 from app.config import Settings
 from app.db import Database
 from app.errors import ConfigurationError
 from app.ratelimit import RateLimiter
 from app.sessions import SessionService
 
-REDIS_SOCKET_TIMEOUT_S = 5.0
-"""A Redis command that takes longer than this is treated as Redis being unavailable."""
+if TYPE_CHECKING:
+    from rq import Queue
+
+REDIS_SOCKET_TIMEOUT_S = defaults.REDIS_SOCKET_TIMEOUT_S
+_EXTENSION = "arzani"
 
 
-class Services:
+def get_wiring() -> Wiring:
+    """The web process's wiring, inside a request or app context."""
+    return current_app.extensions[_EXTENSION]
+
+
+def init_app(app: Flask, wiring: Wiring) -> None:
+    app.extensions[_EXTENSION] = wiring
+
+
+class Wiring:
     def __init__(self, settings: Settings, process_kind: str = "web"):
+        """`process_kind`: web, worker or cli (it names the process in logs and in created_by)."""
         self.settings = settings
         self.process_kind = process_kind
 
@@ -87,7 +103,7 @@ class Services:
 
     @cached_property
     def queue(self) -> Queue:
-        return Queue(self.settings.queue_name, connection=self.rq_redis)
+        return jobqueue.make_queue(self.settings, self.rq_redis)
 
     def close(self) -> None:
         for name in ("redis", "rq_redis"):

@@ -1,0 +1,82 @@
+"""The RQ seam: the only module in app/ that imports rq.
+
+Reply jobs are enqueued by dotted path (`workers.jobs.reply`) with the user message's id, never an
+ORM object: app/ never imports workers/. One job id per user message, so a second enqueue of the
+same message (a client's retry, the sweeper) is refused by RQ instead of making a second job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Callback, Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job
+
+from app import defaults
+from app.config import Settings
+
+log = logging.getLogger("arzani.jobqueue")
+
+REPLY_JOB = "workers.jobs.reply"
+"""The reply job, by dotted path."""
+
+REPLY_FAILED_CALLBACK = "workers.jobs.reply_failed"
+"""Runs after each failed attempt; marks the message `failed` after the last one."""
+
+
+def make_queue(settings: Settings, connection: Redis) -> Queue:
+    """The queue of reply (and maintenance) jobs, on RQ's own connection (bytes, not str)."""
+    return Queue(settings.queue_name, connection=connection)
+
+
+def reply_job_id(message_id: int) -> str:
+    """One job id per user message: a second enqueue of the same message is refused by RQ."""
+    return f"reply-{message_id}"
+
+
+def enqueue_reply(queue: Queue, settings: Settings, message_id: int) -> str:
+    """Enqueue the reply job of a committed user message; a job already there is left alone.
+
+    If Redis refuses, the error propagates: the message is committed and `pending`, and the
+    sweeper enqueues it again (it uses this same function and job id).
+    """
+    job_id = reply_job_id(message_id)
+    retries = settings.reply_retries
+    try:
+        queue.enqueue(
+            REPLY_JOB,
+            message_id,
+            job_id=job_id,
+            unique=True,
+            job_timeout=settings.job_timeout_s,
+            retry=Retry(max=retries, interval=list(defaults.RETRY_INTERVALS_S[:retries])) if retries else None,
+            on_failure=Callback(REPLY_FAILED_CALLBACK),
+            description=f"reply to message {message_id}",
+        )
+    except DuplicateJobError:
+        pass
+    return job_id
+
+
+def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message_id: int) -> str:
+    """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
+    the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
+    try:
+        return enqueue_reply(queue, settings, message_id)
+    except RedisError as exc:
+        log.error("reply enqueue failed; the sweeper will enqueue it",
+                  extra={"message_id": message_id, "error": repr(exc)})
+        return reply_job_id(message_id)
+
+
+def requeue_reply(queue: Queue, settings: Settings, message_id: int) -> str:
+    """A new round of attempts for a message whose job failed for good. The failed job keeps its
+    id in RQ's failed registry: delete it to make room for the new one."""
+    try:
+        Job.fetch(reply_job_id(message_id), connection=queue.connection).delete()
+    except NoSuchJobError:
+        pass
+    return enqueue_reply(queue, settings, message_id)
