@@ -5,11 +5,12 @@ is tested in tests/browser/; these tests check what the page is built on, withou
 
 from __future__ import annotations
 
+import configparser
 import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -148,6 +149,16 @@ def test_static_assets_are_served_and_define_the_synchronizer(client):
     assert "@media" in css.get_data(as_text=True)  # the sidebar collapses on a phone
     assert client.get("/static/missing.js").status_code == 404
     assert client.get("/static/app.js").status_code == 404  # the old one-file page is gone
+
+
+def test_the_installed_package_ships_the_modules():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    patterns = config["options.package_data"]["app"].split()
+    assert MODULES
+    for path in MODULES + [STATIC / "style.css", ROOT / "app" / "templates" / "index.html"]:
+        relative = PurePosixPath(path.relative_to(ROOT / "app").as_posix())
+        assert any(relative.match(pattern) for pattern in patterns), relative
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
