@@ -80,7 +80,7 @@ def test_run_serves_the_stack_and_ctrl_c_leaves_nothing_running(tmp_path):
                 assert time.monotonic() < deadline, "the web app never became ready"
                 time.sleep(0.2)
         with urllib.request.urlopen(page_url, timeout=5) as response:
-            assert b"/static/app.js" in response.read()  # the chat page itself
+            assert b"/static/js/main.js" in response.read()  # the chat page itself
         running = descendants(stack.pid)
         assert len(running) >= 6  # honcho, gunicorn master and workers, rq workers, cron, redis
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])

@@ -5,15 +5,19 @@ is tested in tests/browser/; these tests check what the page is built on, withou
 
 from __future__ import annotations
 
+import configparser
 import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-STATIC = Path(__file__).resolve().parents[1] / "app" / "static"
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "app" / "static"
+MODULES = sorted(STATIC.glob("js/*.js"))  # the page's ES modules; js/main.js is the entry
+IMPORT = re.compile(r'^import [^;]*? from "(\./[a-z]+\.js)";$', re.M)
 
 
 class _Elements(HTMLParser):
@@ -70,7 +74,7 @@ def test_first_visit_gets_a_signed_httponly_cookie_and_a_safe_page(client):
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     html = response.get_data(as_text=True)
-    assert "/static/app.js" in html and "/static/style.css" in html
+    assert "/static/js/main.js" in html and "/static/style.css" in html
 
 
 def test_the_page_obeys_its_own_csp_and_has_the_testable_structure(client):
@@ -82,6 +86,7 @@ def test_the_page_obeys_its_own_csp_and_has_the_testable_structure(client):
         assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
         if tag == "script":
             assert attrs.get("src", "").startswith("/static/"), attrs
+            assert attrs.get("type") == "module", attrs  # deferred, strict, same-origin imports only
         if tag == "link" and attrs.get("rel") == "stylesheet":
             assert attrs["href"].startswith("/static/"), attrs
     # Nothing leaves the origin: every URL is same-origin (or the empty data: icon).
@@ -97,10 +102,32 @@ def test_the_page_obeys_its_own_csp_and_has_the_testable_structure(client):
     assert any(tag == "meta" and attrs.get("name") == "viewport" for tag, attrs in page.tags)
 
 
+def _served_modules(client) -> dict[str, str]:
+    """Every module the page loads, by following imports from the <script type="module">."""
+    page = _parse(client.get("/").get_data(as_text=True))
+    (entry,) = [attrs["src"] for tag, attrs in page.tags if tag == "script"]
+    assert entry == "/static/js/main.js"
+    sources, todo = {}, [entry]
+    while todo:
+        url = todo.pop()
+        if url in sources:
+            continue
+        response = client.get(url)
+        # A module script needs a JavaScript MIME type (and nosniff is on): anything else is refused.
+        assert response.status_code == 200, url
+        assert response.mimetype in ("text/javascript", "application/javascript"), (url, response.mimetype)
+        sources[url] = response.get_data(as_text=True)
+        todo += [url.rsplit("/", 1)[0] + "/" + name[2:] for name in IMPORT.findall(sources[url])]
+    return sources
+
+
 def test_static_assets_are_served_and_define_the_synchronizer(client):
-    js = client.get("/static/app.js")
-    assert js.status_code == 200 and js.mimetype in ("text/javascript", "application/javascript")
-    source = js.get_data(as_text=True)
+    modules = _served_modules(client)
+    # Every module in static/js is reachable from main.js, and none is over about 200 lines.
+    assert sorted(modules) == [f"/static/js/{path.name}" for path in MODULES]
+    for url, text in modules.items():
+        assert text.count("\n") <= 200, url
+    source = "\n".join(modules.values())
     assert "window.arzaniSessionSynchronizer" in source
     assert 'console.info("Session synchronization: start"' in source
     assert 'console.info("Session synchronization: new chat"' in source
@@ -112,18 +139,33 @@ def test_static_assets_are_served_and_define_the_synchronizer(client):
     # Message text is user data: rendered with textContent only, never parsed as HTML.
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in source, sink
-    # Nothing but same-origin calls (the CSP would block the rest anyway).
+    # Elements are made in one place, dom.js's el(), which sets text through textContent only.
+    assert [url for url, text in modules.items() if "createElement" in text] == ["/static/js/dom.js"]
+    # Nothing but same-origin calls and relative imports (the CSP would block the rest anyway).
     assert not re.search(r"https?://", source)
+    assert len(re.findall(r"^import ", source, re.M)) == len(IMPORT.findall(source))
     css = client.get("/static/style.css")
     assert css.status_code == 200 and css.mimetype == "text/css"
     assert "@media" in css.get_data(as_text=True)  # the sidebar collapses on a phone
     assert client.get("/static/missing.js").status_code == 404
+    assert client.get("/static/app.js").status_code == 404  # the old one-file page is gone
+
+
+def test_the_installed_package_ships_the_modules():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    patterns = config["options.package_data"]["app"].split()
+    assert MODULES
+    for path in MODULES + [STATIC / "style.css", ROOT / "app" / "templates" / "index.html"]:
+        relative = PurePosixPath(path.relative_to(ROOT / "app").as_posix())
+        assert any(relative.match(pattern) for pattern in patterns), relative
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_app_js_is_valid_javascript():
-    result = subprocess.run(["node", "--check", str(STATIC / "app.js")], capture_output=True, text=True,
-                            timeout=60)
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_modules_are_valid_javascript(module):
+    result = subprocess.run(["node", "--input-type=module", "--check"], input=module.read_text(),
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 

@@ -1,0 +1,88 @@
+// The chat pane: the open conversation's messages, its title, the session badge and the error
+// line. It draws from the state; loading and keeping it current is replies.js's.
+import { $, el, fullTime } from "./dom.js";
+import { mergeMessages, shownMessages, state } from "./state.js";
+import { synchronizer } from "./synchronizer.js";
+
+// from: who shows the error ("action", "poll"); clearing with from="any" clears whoever's it is,
+// otherwise only one's own.
+export function showError(error, from = "action") {
+  const box = $("chat-error");
+  if (!error) {
+    if (from === "any" || from === state.errorFrom) {
+      box.textContent = "";
+      box.hidden = true;
+      state.errorFrom = null;
+    }
+    return;
+  }
+  box.textContent = error.message || String(error);
+  box.hidden = false;
+  state.errorFrom = from;
+}
+
+// Forget the loaded copy of the open conversation (a switch, a deleted conversation, a message
+// the server put in another one). What is on its way (optimistic messages) stays; the reply text
+// streamed so far goes only on a switch. The caller draws.
+export function resetPane({ title, streaming = false } = {}) {
+  state.server = [];
+  state.confirmed.clear();
+  if (streaming) state.streaming.clear();
+  mergeMessages();
+  if (title !== undefined) state.title = title;
+}
+
+function statusLine(message) {
+  return message.status === "failed" ? "failed: the agent gave up"
+    : message.status === "sending" ? "sending…" : "waiting for the reply…";
+}
+
+function messageItem(message) {
+  const unanswered = message.role === "user" && message.status !== "answered";
+  return el("li", {
+    className: `message ${message.role} ${message.status || ""}`.trim(),
+    data: { id: message.id },
+    title: message.created_at ? fullTime(message.created_at) : undefined,
+    text: message.content, // text only, never parsed as HTML
+  },
+  unanswered && el("span", { className: "status", text: statusLine(message) }),
+  unanswered && message.status === "failed" && el("button", { type: "button", className: "retry", text: "Retry" }));
+}
+
+export function render({ scroll = false } = {}) {
+  const list = $("messages");
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const shown = shownMessages();
+  const replied = new Set(shown.filter((m) => m.role === "assistant").map((m) => m.reply_to));
+  const items = [];
+  for (const message of shown) {
+    items.push(messageItem(message));
+    if (message.role === "user" && !replied.has(message.id) && state.streaming.has(message.id)) {
+      items.push(messageItem({ id: `draft-${message.id}`, role: "assistant", status: "streaming",
+                               content: state.streaming.get(message.id), reply_to: message.id }));
+    }
+  }
+  list.replaceChildren(...items);
+  $("chat-title").textContent = state.title;
+  if (scroll || nearBottom) list.scrollTop = list.scrollHeight;
+}
+
+export function updateBadge() {
+  const badge = $("session-badge");
+  badge.textContent = synchronizer.sessionId ? synchronizer.sessionId.slice(0, 8) : "";
+  badge.title = synchronizer.sessionId ? `session ${synchronizer.sessionId}` : "no session yet";
+}
+
+// A failed message's Retry button (one delegated handler): retry(message) resolves once the
+// retry is asked for; the button stays disabled until then, and again usable if it failed.
+export function bindRetry(retry) {
+  $("messages").addEventListener("click", (event) => {
+    const button = event.target.closest("button.retry");
+    if (!button) return;
+    const id = button.closest(".message").dataset.id;
+    const message = state.messages.find((m) => String(m.id) === id);
+    if (!message) return;
+    button.disabled = true;
+    retry(message).catch((error) => { button.disabled = false; showError(error); });
+  });
+}

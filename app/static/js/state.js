@@ -1,0 +1,57 @@
+// The page's state, all in one place: what the pane shows, the sidebar's list, the sender's
+// draft, and the counters that drop stale answers. Which chat is open is not here: that is the
+// synchronizer's. The functions below derive from the state; none touches the DOM.
+import { synchronizer } from "./synchronizer.js";
+
+export const state = {
+  // the open conversation
+  server: [], // the last loaded copy of its messages, oldest first
+  confirmed: new Map(), // id -> message the server gave us (send answer, reply event) not yet in `server`
+  optimistic: [], // user messages on their way: {id: "local-…", sessionId, role, content, status: "sending"}
+  streaming: new Map(), // user message id -> reply text written so far (token events)
+  messages: [], // server + confirmed, merged
+  title: "New chat",
+  // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
+  // one already shown, or for a chat no longer open, is dropped. The sidebar's likewise.
+  loads: { seq: 0, shown: 0 },
+  // the sidebar
+  conversations: [], // newest activity first, one entry per conversation
+  listed: [], // the conversations the sidebar's items were drawn from
+  sidebarLoads: { seq: 0, shown: 0 },
+  renaming: false, // a title is being edited: the list is not redrawn under the user's fingers
+  // the composer
+  sending: false,
+  // The words being sent and their client_message_id: the id stays with the words until the
+  // server has them, so a second submit of the same words (a double click, a retry after an
+  // error) carries the same id and the server answers with the first message instead of a new one.
+  draft: null,
+  // the error line: who showed it ("action", "poll"), so a poll that succeeds clears only its own
+  errorFrom: null,
+};
+
+export function mergeMessages() {
+  const ids = new Set(state.server.map((m) => m.id));
+  for (const id of state.confirmed.keys()) if (ids.has(id)) state.confirmed.delete(id);
+  const merged = state.server.concat([...state.confirmed.values()]).sort((a, b) => a.id - b.id);
+  // A reply we already hold answers its user message, even if the loaded copy is older.
+  const replied = new Set(merged.filter((m) => m.role === "assistant").map((m) => m.reply_to));
+  state.messages = merged.map((m) => (m.role === "user" && m.status === "pending" && replied.has(m.id)
+    ? { ...m, status: "answered" } : m));
+  for (const m of state.messages) {
+    if (m.role === "user" && m.status !== "pending") state.streaming.delete(m.id);
+  }
+}
+
+// The open chat's messages and its own optimistic ones, as the pane shows them.
+export function shownMessages() {
+  return state.messages.concat(state.optimistic.filter((m) => m.sessionId === synchronizer.sessionId));
+}
+
+export function awaitingReply() {
+  return state.messages.some((m) => m.role === "user" && m.status === "pending") ||
+    state.optimistic.some((m) => m.sessionId === synchronizer.sessionId);
+}
+
+export function replyState() {
+  return state.messages.map((m) => `${m.id}:${m.status}`).join(",");
+}
