@@ -12,6 +12,21 @@ import pytest
 
 CHROMIUM = os.environ.get("ARZANI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# A reply needs the worker up (its first job imports the app: seconds on a loaded 2-core machine),
+# the job, and the page's event or poll; a failed attempt is retried after 1 s, then 5 s. A minute
+# covers all of that with room; a reply that never comes still fails the test.
+REPLY_WAIT_MS = 60_000
+
+
+def _patient_expectations():
+    """expect(...) waits up to 15 s (Playwright's default is 5): the sidebar and the pane refresh
+    after a reply with a round trip or two, which a loaded machine can stretch."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)
+
+
+_patient_expectations()
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -71,7 +86,7 @@ class ChatPage:
     def replies(self):
         return self.page.locator(".message.assistant:not(.streaming)")
 
-    def wait_for_replies(self, count: int, timeout_ms: int = 30_000):
+    def wait_for_replies(self, count: int, timeout_ms: int = REPLY_WAIT_MS):
         self.replies().nth(count - 1).wait_for(timeout=timeout_ms)
 
     def status(self) -> dict:

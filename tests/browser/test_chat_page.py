@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.slow
 
@@ -18,14 +19,15 @@ def test_the_seed_manual_test_step_by_step(live, open_chat):
     status = chat.status()
     conversation_id = status["page"]["conversation_id"]
     user = chat.page.locator(".message.user")
-    assert user.count() == 1 and user.first.inner_text().startswith("Hello Arzani, are you there?")
+    expect(user).to_have_count(1)
+    assert user.first.inner_text().startswith("Hello Arzani, are you there?")
     reply = chat.replies().first.inner_text()
     assert f"conversation {conversation_id}" in reply and "message 1 of this chat" in reply
     server_side = chat.api(f"/api/conversations/{conversation_id}")
     assert [m["role"] for m in server_side["messages"]] == ["user", "assistant"]
     assert server_side["messages"][1]["reply_to"] == server_side["messages"][0]["id"]
     # "see exactly one conversation in the sidebar"
-    assert chat.page.locator(".conversation-item").count() == 1
+    expect(chat.page.locator(".conversation-item")).to_have_count(1)  # the sidebar refreshes after the reply
     assert chat.api("/api/conversations")["conversations"][0]["id"] == conversation_id
     # "read 'Session synchronization' lines in the browser console"
     sync_lines = [line for line in chat.console if line.startswith("Session synchronization")]
@@ -58,7 +60,7 @@ def test_the_page_works_on_a_phone_sized_screen(live, browser):
         assert chat.page.locator("#sidebar").bounding_box()["x"] == 0
         chat.screenshot("chat-page-phone-sidebar.png")
         chat.page.locator(".conversation-item").first.click()  # choosing a chat closes the sidebar
-        assert chat.page.locator("#sidebar.open").count() == 0
+        expect(chat.page.locator("#sidebar.open")).to_have_count(0)
     finally:
         phone.close()
 
@@ -71,7 +73,7 @@ def test_a_double_click_on_send_makes_one_message(live, open_chat):
     conversation_id = chat.status()["page"]["conversation_id"]
     messages = chat.api(f"/api/conversations/{conversation_id}")["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
-    assert chat.page.locator(".message.user").count() == 1
+    expect(chat.page.locator(".message.user")).to_have_count(1)
 
 
 def test_two_tabs_sending_the_first_message_of_one_chat_at_once_make_one_conversation(live, context, open_chat):
@@ -115,8 +117,8 @@ def test_a_reload_keeps_the_chat(live, open_chat):
     assert after["page"]["session_id"] == before["session_id"]
     assert after["page"]["conversation_id"] == before["conversation_id"]
     assert after["consistent"] is True
-    assert chat.page.locator(".message").count() == 2
-    assert chat.page.locator(".conversation-item").count() == 1
+    expect(chat.page.locator(".message")).to_have_count(2)
+    expect(chat.page.locator(".conversation-item")).to_have_count(1)  # the sidebar loads after the chat
 
 
 def test_titles_come_from_the_first_message_and_can_be_renamed_in_the_sidebar(live, open_chat):
