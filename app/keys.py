@@ -17,7 +17,7 @@ def is_valid_session_id(session_id: object) -> bool:
 
 
 def session_key(session_id: str) -> str:
-    """The tracked hash: conversation_id, user_id, created_by, created_at, last_seen_at."""
+    """The tracked hash; its fields are app.sessions.TrackedSession's (that module owns them)."""
     return f"{PREFIX}{{{session_id}}}"
 
 

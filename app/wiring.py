@@ -10,7 +10,6 @@ notice a fork by themselves; the SQLAlchemy engine is disposed in forked childre
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 from redis import Redis
@@ -21,9 +20,6 @@ from app.db import Database
 from app.errors import ConfigurationError
 from app.ratelimit import RateLimiter
 from app.sessions import SessionService
-
-if TYPE_CHECKING:
-    from rq import Queue
 
 REDIS_SOCKET_TIMEOUT_S = defaults.REDIS_SOCKET_TIMEOUT_S
 _EXTENSION = "arzani"
@@ -102,7 +98,7 @@ class Wiring:
         return RateLimiter(url, self.settings.rate_limit)
 
     @cached_property
-    def queue(self) -> Queue:
+    def queue(self) -> jobqueue.Queue:
         return jobqueue.make_queue(self.settings, self.rq_redis)
 
     def close(self) -> None:
