@@ -31,6 +31,20 @@ def create_api_user(services: Wiring, name: str) -> tuple[User, str]:
     return user, token
 
 
+def live_users_named(services: Wiring, name: str) -> list[User]:
+    with services.db.read() as db:
+        return db.scalars(select(User).where(User.name == name, User.revoked_at.is_(None))).all()
+
+
+def list_users(services: Wiring, *, include_all: bool = False) -> list[User]:
+    """API users that can still call, oldest first; `include_all`: cookie users and revoked too."""
+    query = select(User).order_by(User.id)
+    if not include_all:
+        query = query.where(User.kind == "api", User.revoked_at.is_(None))
+    with services.db.read() as db:
+        return db.scalars(query).all()
+
+
 def revoke_user(services: Wiring, name_or_id: str) -> User:
     """Revoke by id, or by name when exactly one live user has it."""
     from app.errors import InvalidBody, NotFound

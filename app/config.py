@@ -50,6 +50,48 @@ def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[
     return value
 
 
+_DATABASE_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/NAME"
+
+
+def _database_url(raw: str | None) -> str:
+    """DATABASE_URL, with the forms users mean taken as they mean them: `postgres://` (Heroku's)
+    and `postgresql://` are PostgreSQL through psycopg 3, the driver this package installs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not raw:
+        return defaults.DATABASE_URL
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        raise ConfigurationError(f"DATABASE_URL must be a URL like {_DATABASE_FORMS}, got {raw!r}")
+    if scheme in ("postgres", "postgresql"):
+        raw = f"postgresql+psycopg://{rest}"
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(f"DATABASE_URL is not a database URL ({_DATABASE_FORMS}), got {raw!r}") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"DATABASE_URL must be SQLite or PostgreSQL ({_DATABASE_FORMS}), "
+                                 f"got a {scheme}:// URL")
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+        raise ConfigurationError(f"DATABASE_URL: use postgresql:// (psycopg 3 is the driver installed), "
+                                 f"got {scheme}://")
+    return raw
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(name: str, raw: str | None) -> str | None:
+    if not raw:
+        return None
+    scheme, sep, _ = raw.partition("://")
+    if not sep or scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError(f"{name} must be a URL like redis://HOST:6379/0 (or rediss://, unix://), "
+                                 f"got {raw.split('@')[-1]!r}")
+    return raw
+
+
 def _rate_limit(raw: str) -> str | None:
     if raw.strip().lower() in ("", "0", "off", "none"):
         return None
@@ -103,14 +145,14 @@ class Settings:
         agent = _choice(environ, "ARZANI_AGENT", defaults.AGENT, defaults.AGENT_NAMES)
         extra = {"secret_key": secret_key} if secret_key else {}
         redis_cluster = (environ.get("ARZANI_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes")
-        queue_redis_url = environ.get("ARZANI_QUEUE_REDIS_URL") or None
+        queue_redis_url = _redis_url("ARZANI_QUEUE_REDIS_URL", environ.get("ARZANI_QUEUE_REDIS_URL"))
         if redis_cluster and not queue_redis_url:
             raise ConfigurationError("ARZANI_REDIS_CLUSTER=1 needs ARZANI_QUEUE_REDIS_URL: RQ cannot use a cluster")
         return cls(
-            redis_url=environ.get("REDIS_URL") or None,
+            redis_url=_redis_url("REDIS_URL", environ.get("REDIS_URL")),
             redis_cluster=redis_cluster,
             queue_redis_url=queue_redis_url,
-            database_url=environ.get("DATABASE_URL") or defaults.DATABASE_URL,
+            database_url=_database_url(environ.get("DATABASE_URL")),
             env=env,
             agent=agent,
             session_ttl_s=_int(environ, "ARZANI_SESSION_TTL", defaults.SESSION_TTL_S),

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import ConfigurationError
 from app.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -33,7 +34,13 @@ def make_engine(database_url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # A mistyped path must not become a new, empty database in a new directory: the data
+        # would seem lost. `make run` creates the default's directory, instance/, itself.
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            raise ConfigurationError(
+                f"DATABASE_URL names a SQLite file in a directory that does not exist: {folder}/ "
+                f"(create it, or fix the path; `make run` creates instance/ for the default)")
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

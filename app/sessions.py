@@ -297,7 +297,9 @@ class SessionService:
             live = [row for row in rows if row.deleted_at is None]
             if live:
                 metrics.session_key_misses.inc()
-                log.warning(
+                # A key lost with Redis (restarted empty, evicted) in front of a database that kept
+                # everything is expected, not an incident: INFO.
+                log.info(
                     "session key missing: conversation recovered from the database",
                     extra={"session_id": session_id, "conversation_id": live[0].id,
                            "proc": process_name(self.process_kind)},
@@ -355,12 +357,17 @@ class SessionService:
         if not lock.acquire():
             return False
         metrics.lock_acquisitions.inc()
+        before = self.tracked_conversation_id(session_id)
         written = self._track(lock, conversation)
         metrics.session_key_repairs.inc()
-        log.warning(
-            "session key repaired from the database",
+        # A missing key is rebuilt quietly (Redis restarted empty: expected); a key that named
+        # another conversation is a real disagreement: WARNING.
+        log.log(
+            logging.WARNING if before is not None else logging.DEBUG,
+            "session key repaired from the database" if before is not None else "session key rebuilt",
             extra={"session_id": session_id, "conversation_id": conversation.id,
-                   "proc": process_name(self.process_kind), "written": written},
+                   "tracked_conversation_id": before, "proc": process_name(self.process_kind),
+                   "written": written},
         )
         return written
 
@@ -375,6 +382,13 @@ class SessionService:
         with self.db.read() as db:
             owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id))
             ensure_owner(owners, user_id, known=True)
+
+    def known(self, session_id: str) -> bool:
+        """Whether Redis tracks the session or the database has a conversation of it (even deleted)."""
+        if self.redis.exists(keys.session_key(session_id)):
+            return True
+        with self.db.read() as db:
+            return db.scalar(select(Conversation.id).where(Conversation.session_id == session_id).limit(1)) is not None
 
     def status(self, session_id: str, user_id: int | None = None) -> dict:
         """What Redis and the database each believe about a session, and whether they agree.

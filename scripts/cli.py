@@ -49,16 +49,34 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("name")
+@click.option("--allow-duplicate", is_flag=True, help="create it even if a live user has this name")
 @pass_context
-def users_create(ctx: Context, name: str) -> None:
+def users_create(ctx: Context, name: str, allow_duplicate: bool) -> None:
     """Create a user; its bearer token is printed alone on the last line (shown once)."""
-    from app.auth import create_api_user
+    from app.auth import create_api_user, live_users_named
     from app.migrate import upgrade
 
     upgrade(ctx.services.db)
+    same = live_users_named(ctx.services, name)
+    if same and not allow_duplicate:
+        raise click.ClickException(f"a live user is already named {name!r} (id {', '.join(str(u.id) for u in same)}); "
+                                   "pick another name, or pass --allow-duplicate")
     user, token = create_api_user(ctx.services, name)
     click.echo(f"created user {user.id} ({user.name}); its bearer token:", err=False)
     click.echo(token)
+
+
+@users.command("list")
+@click.option("--all", "include_all", is_flag=True, help="browser (cookie) users and revoked users too")
+@pass_context
+def users_list(ctx: Context, include_all: bool) -> None:
+    """API users: id, name, kind, created, revoked. Tokens are never shown (only their hash is kept)."""
+    from app.auth import list_users
+
+    click.echo(f"{'ID':>6} {'NAME':<24} {'KIND':<4} {'CREATED':<20} REVOKED")
+    for user in list_users(ctx.services, include_all=include_all):
+        revoked = user.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if user.revoked_at else "-"
+        click.echo(f"{user.id:>6} {user.name:<24} {user.kind:<4} {user.created_at:%Y-%m-%d %H:%M:%S} {revoked}")
 
 
 @cli.group()
@@ -105,6 +123,8 @@ def sessions_show(ctx: Context, session_id: str) -> None:
 
     if not keys.is_valid_session_id(session_id):
         raise click.BadParameter("session ids match ^[A-Za-z0-9_-]{8,128}$", param_hint="SESSION_ID")
+    if not ctx.services.sessions.known(session_id):
+        raise click.ClickException(f"no such session: {session_id} (neither Redis nor the database knows it)")
     status = ctx.services.sessions.status(session_id)
     fence = ctx.services.redis.get(keys.fence_key(session_id))
     status["fence"] = int(fence) if fence is not None else None
@@ -120,7 +140,8 @@ def sweep(ctx: Context, older_than_s: int) -> None:
     from workers.maintenance import sweep_pending
 
     requeued = sweep_pending(ctx.services, older_than_s)
-    click.echo(f"requeued {len(requeued)} reply job(s)" + (f": {requeued}" if requeued else ""))
+    click.echo(f"requeued {len(requeued)} reply job(s)" +
+               (f" for message(s) {', '.join(map(str, requeued))}" if requeued else ""))
 
 
 @cli.command("reconcile")

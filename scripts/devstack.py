@@ -25,6 +25,27 @@ from scripts.localservers import EmbeddedRedis
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 
+INSTANCE_DIR = "instance"
+"""Beside the working directory, like the default DATABASE_URL (sqlite:///instance/arzani.db)."""
+
+
+def dev_secret_key(instance: Path) -> str:
+    """The development cookie key kept in `instance/secret_key` (mode 0600), made on first use.
+    Production never uses it: there ARZANI_SECRET_KEY must be set."""
+    path = instance / "secret_key"
+    try:
+        key = path.read_text().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
 @click.command("run")
 @click.option("--web-processes", default=4, show_default=True, help="gunicorn worker processes")
 @click.option("--workers", "worker_count", default=2, show_default=True, help="rq worker processes")
@@ -39,9 +60,14 @@ def run(web_processes: int, worker_count: int) -> None:
     env.setdefault("PORT", "5000")
     env.setdefault("BIND_HOST", "127.0.0.1")
     env.setdefault("WEB_CONCURRENCY", str(web_processes))
-    # "random per start" must still be one key for all processes of this start, or a cookie
-    # signed by one gunicorn worker would be refused by the next.
-    env.setdefault("ARZANI_SECRET_KEY", secrets.token_hex(32))
+    instance = Path(INSTANCE_DIR)
+    instance.mkdir(mode=0o700, exist_ok=True)  # the default SQLite database and the dev key live here
+    if not env.get("ARZANI_SECRET_KEY"):
+        if env.get("ARZANI_ENV") == "production":
+            raise click.ClickException("ARZANI_SECRET_KEY is required when ARZANI_ENV=production")
+        # One key for every process of this start (or a cookie signed by one gunicorn worker would
+        # be refused by the next), and the same key next start: browser users keep their chats.
+        env["ARZANI_SECRET_KEY"] = dev_secret_key(instance)
     env["PYTHONUNBUFFERED"] = "1"
     # Every process writes its metrics here and GET /metrics adds them up (app/metrics.py).
     metrics_dir = None

@@ -235,6 +235,15 @@ def _round(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
 
 
+def _plain(value) -> str:
+    """A report value as a person reads it: `created=50 waited=400`, `a, b`, not Python reprs."""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value) or "-"
+    return str(value)
+
+
 @click.command("race")
 @click.option("--url", default="http://127.0.0.1:5000", show_default=True, help="the running server")
 @click.option("--token", envvar="ARZANI_TOKEN", required=True,
@@ -255,7 +264,7 @@ def race(url: str, token: str, processes: int, sessions: int, concurrency: int, 
         width = max(len(k) for k in report)
         for key, value in report.items():
             if key != "error_samples" or value:
-                click.echo(f"{key + ':':<{width + 1}} {value}")
+                click.echo(f"{key + ':':<{width + 1}} {_plain(value)}")
     sys.exit(0 if report["ok"] else 1)
 
 

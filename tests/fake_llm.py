@@ -76,6 +76,9 @@ class FakeLLM:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":  # as OpenAI answers a base URL without /v1
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
                 with fake.arrived:
                     fake.requests.append(body)
                     fake._in_flight += 1

@@ -88,4 +88,7 @@ def test_run_serves_the_stack_and_ctrl_c_leaves_nothing_running(tmp_path):
         os.killpg(stack.pid, signal.SIGINT)
         stack.wait(60)
     assert [pid for pid in running if alive(pid)] == []
+    # The cookie key is kept for the next start (browser users keep their chats), privately.
+    assert (tmp_path / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "instance").stat().st_mode & 0o777 == 0o700
     assert not listening(port) and not listening(redis_port)

@@ -77,8 +77,17 @@ def test_the_openai_agent_streams_and_sends_the_whole_history(fake_llm):
 
 def test_the_openai_agent_fails_clearly(fake_llm):
     fake_llm.fail_next = 1
-    with pytest.raises(agents.AgentError, match="chat completions call failed"):
+    with pytest.raises(agents.AgentError, match=f"chat completions call to {fake_llm.url}/chat/completions failed"):
         agents.OpenAIAgent(fake_llm.url, None, "m", timeout_s=5).reply("c", [agents.Turn("user", "hi")])
+
+
+def test_a_base_url_without_v1_names_the_url_and_the_usual_cause(fake_llm):
+    """The fake answers 404 off /v1: the error names the URL called and hints at /v1."""
+    base = fake_llm.url.removesuffix("/v1")
+    with pytest.raises(agents.AgentError) as error:
+        agents.OpenAIAgent(base, None, "m", timeout_s=5).reply("c", [agents.Turn("user", "hi")])
+    assert f"{base}/chat/completions" in str(error.value)
+    assert "HTTP 404" in str(error.value) and "/v1" in str(error.value)
     with pytest.raises(agents.AgentError):
         agents.OpenAIAgent("http://127.0.0.1:1/v1", None, "m", timeout_s=2).reply("c", [agents.Turn("user", "x")])
 

@@ -43,7 +43,7 @@ class EchoAgent:
         first, last = _clip(users[0].content), _clip(users[-1].content)
         text = (
             f'Echo: "{last}" (conversation {conversation_id}: message {len(users)} of this chat, '
-            f'{len(history)} messages seen, first was "{first}")'
+            f'{len(history)} message{"" if len(history) == 1 else "s"} seen, first was "{first}")'
         )
         if on_token:
             on_token(text)
@@ -95,8 +95,16 @@ class OpenAIAgent:
                             pieces.append(delta)
                             if on_token:
                                 on_token(delta)
+        except urllib.error.HTTPError as exc:
+            hint = ""
+            if exc.code == 404:
+                hint = (" (OPENAI_BASE_URL usually ends in /v1, e.g. https://api.openai.com/v1; "
+                        "the agent appends /chat/completions)")
+            elif exc.code in (401, 403):
+                hint = " (check OPENAI_API_KEY)"
+            raise AgentError(f"chat completions call to {self.url} failed: HTTP {exc.code} {exc.reason}{hint}") from exc
         except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, ValueError) as exc:
-            raise AgentError(f"chat completions call failed: {exc}") from exc
+            raise AgentError(f"chat completions call to {self.url} failed: {exc}") from exc
         text = "".join(pieces)
         if not text:
             raise AgentError("chat completions answered with no content")

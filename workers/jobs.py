@@ -9,7 +9,10 @@ failure callback marks the user message `failed`, visibly.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
+from redis.exceptions import RedisError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -34,7 +37,28 @@ def services() -> Wiring:
         settings = Settings.from_env()
         configure_logging(settings.log_level)
         _services = Wiring(settings, process_kind="worker")
+        _warn_if_not_preloaded(_services)
     return _services
+
+
+RQ_SETTINGS_WARNING_KEY = "arzani:warned:rq-settings"
+"""Set (for an hour) when a worker without `-c workers.rq_settings` was reported: one warning an
+hour for the whole deployment, not one per job."""
+
+
+def _warn_if_not_preloaded(svc: Wiring) -> None:
+    """`rq worker` without `-c workers.rq_settings` forks each work-horse before this module is
+    imported, so every job imports Flask, SQLAlchemy and the app afresh: about 10x slower. Say so."""
+    if "workers.rq_settings" in sys.modules:
+        return
+    try:
+        first = svc.redis.set(RQ_SETTINGS_WARNING_KEY, os.getpid(), nx=True, ex=3600)
+    except RedisError:
+        return
+    if first:
+        log.warning("this rq worker was started without `-c workers.rq_settings`: each reply job imports "
+                    "the app afresh (about 10x slower). Start workers as the Procfile does: "
+                    "rq worker -c workers.rq_settings ...")
 
 
 def use_services(replacement: Wiring | None) -> None:
@@ -94,12 +118,13 @@ def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
     tracked_id = svc.sessions.tracked_conversation_id(conversation.session_id)
     if tracked_id == conversation.id:
         return
-    metrics.session_mismatches.labels(side="worker").inc()
-    log.warning(
-        "session key disagrees with the message's conversation: repairing from the database",
-        extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
-               "tracked_conversation_id": tracked_id, "proc": process_name(svc.process_kind)},
-    )
+    if tracked_id is not None:  # a lost key (Redis restarted empty) is rebuilt quietly by repair()
+        metrics.session_mismatches.labels(side="worker").inc()
+        log.warning(
+            "session key disagrees with the message's conversation: repairing from the database",
+            extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
+                   "tracked_conversation_id": tracked_id, "proc": process_name(svc.process_kind)},
+        )
     svc.sessions.repair(conversation.session_id, conversation)
 
 

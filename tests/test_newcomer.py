@@ -1,0 +1,172 @@
+"""A newcomer's first hour (issue 14): no trap, no traceback, no lost chats."""
+
+from __future__ import annotations
+
+import logging
+import stat
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from app.config import Settings
+from app.errors import ConfigurationError
+from scripts.cli import cli
+from scripts.devstack import dev_secret_key
+from tests.helpers import new_session_id
+from workers import agents
+
+
+@pytest.fixture
+def arzani(settings, services):
+    runner = CliRunner()
+
+    def _run(*args: str, env: dict | None = None):
+        base = {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
+        return runner.invoke(cli, list(args), env=base | (env or {}), catch_exceptions=False)
+
+    return _run
+
+
+# -- 1. a restart keeps browser users' chats --------------------------------------------------
+
+def test_the_development_cookie_key_is_made_once_and_kept_private(tmp_path):
+    first = dev_secret_key(tmp_path)
+    assert len(first) == 64
+    assert dev_secret_key(tmp_path) == first  # the next `make run` signs cookies with the same key
+    assert stat.S_IMODE((tmp_path / "secret_key").stat().st_mode) == 0o600
+
+
+# -- 3. URL mistakes are one line ------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "taken"), [
+    ("postgres://u:p@db.internal/arzani", "postgresql+psycopg://u:p@db.internal/arzani"),
+    ("postgresql://u:p@db.internal/arzani", "postgresql+psycopg://u:p@db.internal/arzani"),
+    ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+    ("sqlite:///instance/arzani.db", "sqlite:///instance/arzani.db"),
+])
+def test_database_urls_users_write_are_taken_as_they_mean_them(given, taken):
+    assert Settings.from_env({"DATABASE_URL": given}).database_url == taken
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DATABASE_URL", "postgress://u@h/d", "DATABASE_URL must be SQLite or PostgreSQL"),
+    ("DATABASE_URL", "mysql://u@h/d", "DATABASE_URL must be SQLite or PostgreSQL"),
+    ("DATABASE_URL", "instance/arzani.db", "DATABASE_URL must be a URL like sqlite:///PATH"),
+    ("DATABASE_URL", "postgresql+psycopg2://u@h/d", "use postgresql://"),
+    ("REDIS_URL", "localhost:6379", "REDIS_URL must be a URL like redis://HOST:6379/0"),
+    ("REDIS_URL", "http://localhost:6379", "REDIS_URL must be a URL like redis://HOST:6379/0"),
+    ("ARZANI_QUEUE_REDIS_URL", "127.0.0.1:6379", "ARZANI_QUEUE_REDIS_URL must be a URL"),
+])
+def test_a_mistyped_url_is_one_line_that_says_the_expected_form(name, value, says):
+    with pytest.raises(ConfigurationError) as error:
+        Settings.from_env({name: value})
+    assert says in error.value.message and "\n" not in error.value.message
+
+
+def test_a_redis_url_error_does_not_print_a_password():
+    with pytest.raises(ConfigurationError) as error:
+        Settings.from_env({"REDIS_URL": "hunter2@localhost:6379"})
+    assert "hunter2" not in error.value.message
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_an_error_not_a_new_empty_database(arzani, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    result = arzani("sessions", "list", env={"DATABASE_URL": f"sqlite:///{missing}/arzani.db"})
+    assert result.exit_code == 1
+    assert "directory that does not exist" in result.output and "Traceback" not in result.output
+    assert not missing.exists()
+
+
+# -- 6. a fresh Redis in front of an existing database is not an incident ----------------------
+
+def test_rebuilding_a_lost_key_logs_no_warning_but_a_real_disagreement_does(api, services, caplog):
+    from app import keys
+
+    session_id = new_session_id()
+    posted = api.send(session_id, "hello").json
+    services.redis.delete(keys.session_key(session_id))  # Redis restarted empty
+    with services.db.read() as db:
+        from app.models import Conversation
+
+        conversation = db.get(Conversation, posted["conversation_id"])
+    with caplog.at_level(logging.DEBUG, logger="arzani"):
+        assert services.sessions.repair(session_id, conversation)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    caplog.clear()
+    services.redis.hset(keys.session_key(session_id), "conversation_id", "another-one")
+    with caplog.at_level(logging.INFO, logger="arzani"):
+        assert services.sessions.repair(session_id, conversation)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "session key repaired from the database"]
+
+
+def test_scheduled_reconcile_counts_rebuilt_keys_in_one_info_line(api, services, caplog):
+    from app import keys
+    from workers.maintenance import reconcile_job
+
+    session_ids = [new_session_id() for _ in range(3)]
+    for session_id in session_ids:
+        api.send(session_id, "hi")
+        services.redis.delete(keys.session_key(session_id))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="arzani"):
+        assert reconcile_job()["rebuilt"] == 3
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "reconcile: rebuilt 3 session key(s) missing from Redis"]
+
+
+# -- 10. silent footguns -----------------------------------------------------------------------
+
+def test_sessions_show_of_an_unknown_session_exits_1(arzani):
+    result = arzani("sessions", "show", new_session_id())
+    assert result.exit_code == 1 and "no such session" in result.output
+
+
+def test_a_second_user_with_a_taken_name_is_refused_unless_asked_for(arzani):
+    assert arzani("users", "create", "alice-ops").exit_code == 0
+    again = arzani("users", "create", "alice-ops")
+    assert again.exit_code == 1 and "already named 'alice-ops'" in again.output
+    assert arzani("users", "create", "alice-ops", "--allow-duplicate").exit_code == 0
+
+
+def test_users_list_shows_api_users_without_tokens(arzani):
+    created = arzani("users", "create", "listed-bot").output.strip().splitlines()[-1]
+    listing = arzani("users", "list")
+    assert listing.exit_code == 0 and "listed-bot" in listing.output and created not in listing.output
+
+
+def test_sweep_prints_no_python_reprs(arzani, api, services, monkeypatch):
+    import workers.maintenance
+
+    monkeypatch.setattr(workers.maintenance, "sweep_pending", lambda wiring, older_than_s: [4, 7])
+    out = arzani("sweep").output
+    assert "message(s) 4, 7" in out and "[" not in out
+
+
+def test_race_report_values_read_as_text():
+    from scripts.race import _plain
+
+    assert _plain({"created": 50, "waited": 400}) == "created=50 waited=400"
+    assert _plain(["a", "b"]) == "a, b"
+
+
+def test_a_worker_without_rq_settings_is_warned_about_once(services, monkeypatch, caplog):
+    from workers import jobs
+
+    monkeypatch.delitem(sys.modules, "workers.rq_settings", raising=False)
+    with caplog.at_level(logging.WARNING, logger="arzani"):
+        jobs._warn_if_not_preloaded(services)
+        jobs._warn_if_not_preloaded(services)  # another horse, another job: already said
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "-c workers.rq_settings" in warnings[0]
+
+
+# -- 11. nits ----------------------------------------------------------------------------------
+
+def test_the_echo_reply_counts_in_good_english():
+    reply = agents.EchoAgent().reply("c", [agents.Turn("user", "hi")])
+    assert "1 message seen" in reply
+    assert "2 messages seen" in agents.EchoAgent().reply(
+        "c", [agents.Turn("user", "hi"), agents.Turn("assistant", "hello")])
