@@ -3,37 +3,45 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast lint repeat clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# `make run` installs what running needs; `make test` adds the test toolchain.
+$(RUN_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP) $(RUN_STAMP)
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/arzani run
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check app workers scripts tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Flake hunting: make repeat N=20 LOAD=2 TESTS="tests/faults -k sqlite" (failures per test)
 N ?= 10
 LOAD ?= 0
 TESTS ?= -m slow
-repeat: $(STAMP)
+repeat: $(TEST_STAMP)
 	$(BIN)/python -m tests.repeat -n $(N) --load $(LOAD) -- $(TESTS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check app workers scripts tests
 
 clean:

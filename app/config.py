@@ -81,6 +81,30 @@ def _database_url(raw: str | None) -> str:
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
+STACK_ENV_PATH = "instance/stack.env"
+"""Written by `make run` while it runs (scripts/devstack.py): REDIS_URL and DATABASE_URL of the
+dev stack, used by commands started in the same directory when REDIS_URL is not set."""
+
+
+def masked_url(url: str | None) -> str | None:
+    """The URL with its password replaced by ***, for anything printed or logged."""
+    if not url or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _password = credentials.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
+
+
+def dev_stack_env(path: str = STACK_ENV_PATH) -> dict[str, str]:
+    """The running dev stack's URLs (instance/stack.env), or {} when no `make run` runs here."""
+    try:
+        with open(path) as f:
+            pairs = (line.strip().partition("=") for line in f if "=" in line)
+            return {name: value for name, _, value in pairs if name in ("REDIS_URL", "DATABASE_URL")}
+    except OSError:
+        return {}
+
 
 def _redis_url(name: str, raw: str | None) -> str | None:
     if not raw:
@@ -137,7 +161,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
+        if environ is None:
+            environ = os.environ
+            if not environ.get("REDIS_URL"):
+                # Not set: the dev stack's, when `make run` runs in this directory.
+                stack = dev_stack_env()
+                if stack:
+                    environ = {**stack, **{k: v for k, v in os.environ.items() if v}}
         env = _choice(environ, "ARZANI_ENV", defaults.ENV, defaults.ENVS)
         secret_key = environ.get("ARZANI_SECRET_KEY") or None
         if secret_key is None and env == "production":

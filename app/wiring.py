@@ -66,7 +66,8 @@ class Wiring:
     @staticmethod
     def _redis_url(url: str | None) -> str:
         if not url:
-            raise ConfigurationError("REDIS_URL is not set (make run starts a Redis and sets it)")
+            raise ConfigurationError("REDIS_URL is not set, and no `make run` is running in this directory "
+                                     "(it writes instance/stack.env): set REDIS_URL, or start `make run` here")
         return url
 
     def _redis_client(self, url: str | None, *, decode_responses: bool) -> Redis:

@@ -190,9 +190,10 @@ def users_revoke(ctx: Context, name_or_id: str) -> None:
 
 # Commands that live in their own modules (imported last: they use nothing above).
 from scripts.bench import bench  # noqa: E402
-from scripts.devstack import run  # noqa: E402
+from scripts.devstack import run, stack_env  # noqa: E402
 from scripts.race import race  # noqa: E402
 
 cli.add_command(run)
+cli.add_command(stack_env)
 cli.add_command(race)
 cli.add_command(bench)

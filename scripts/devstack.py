@@ -28,6 +28,88 @@ PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 INSTANCE_DIR = "instance"
 """Beside the working directory, like the default DATABASE_URL (sqlite:///instance/arzani.db)."""
 
+STACK_ENV = "stack.env"
+"""Written into instance/ while `make run` runs: the URLs operator commands started in the same
+directory use when REDIS_URL is not set (app/config.py reads it)."""
+
+
+def _lock_instance(instance: Path):
+    """One `make run` per instance/: a second one would run its own workers and scheduler against
+    the same SQLite database. The lock dies with the process, even a killed one."""
+    import fcntl
+
+    handle = open(instance / "run.lock", "a+")  # noqa: SIM115 - held for the life of the stack
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise click.ClickException(f"another `make run` (pid {holder}) is using {instance.resolve()}/; "
+                                   "stop it first, or start this one from another directory") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _check_port(host: str, port: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except ValueError:
+            raise click.ClickException(f"PORT must be a port number, got {port!r}") from None
+        except OSError as exc:
+            raise click.ClickException(f"PORT {port} on {host} is not free ({exc.strerror}): "
+                                       f"set PORT to another port, e.g. PORT=5001 make run") from None
+
+
+def _check_redis(url: str) -> None:
+    import redis
+
+    from app.config import masked_url
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except (redis.RedisError, ValueError) as exc:
+        raise click.ClickException(f"Redis at REDIS_URL={masked_url(url)} does not answer: {exc}") from None
+
+
+def _migrate(env: dict) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.config import Settings, masked_url
+    from app.errors import ArzaniError
+    from app.migrate import upgrade
+    from app.wiring import Wiring
+
+    settings = Settings.from_env(env)
+    wiring = Wiring(settings, process_kind="cli")
+    try:
+        upgrade(wiring.db)
+    except ArzaniError as exc:
+        raise click.ClickException(exc.message) from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"the database at DATABASE_URL={masked_url(settings.database_url)} "
+                                   f"cannot be used: {reason}") from None
+    finally:
+        wiring.close()
+
+
+def _write_stack_env(path: Path, env: dict) -> None:
+    from app import defaults
+
+    lines = [f"REDIS_URL={env['REDIS_URL']}", f"DATABASE_URL={env.get('DATABASE_URL') or defaults.DATABASE_URL}"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a URL may carry a password
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
 
 def dev_secret_key(instance: Path) -> str:
     """The development cookie key kept in `instance/secret_key` (mode 0600), made on first use.
@@ -52,9 +134,8 @@ def dev_secret_key(instance: Path) -> str:
 def run(web_processes: int, worker_count: int) -> None:
     """Start Redis (unless REDIS_URL is set), the web app and the RQ workers; Ctrl-C stops all."""
     from app import defaults
-    from app.config import Settings
+    from app.config import Settings, masked_url
     from app.errors import ArzaniError
-    from app.wiring import Wiring
 
     env = dict(os.environ)
     env.setdefault("PORT", "5000")
@@ -62,12 +143,21 @@ def run(web_processes: int, worker_count: int) -> None:
     env.setdefault("WEB_CONCURRENCY", str(web_processes))
     instance = Path(INSTANCE_DIR)
     instance.mkdir(mode=0o700, exist_ok=True)  # the default SQLite database and the dev key live here
+    # Everything this start depends on is checked before the banner, each failure one line.
+    instance_lock = _lock_instance(instance)
+    _check_port(env["BIND_HOST"], env["PORT"])
     if not env.get("ARZANI_SECRET_KEY"):
         if env.get("ARZANI_ENV") == "production":
             raise click.ClickException("ARZANI_SECRET_KEY is required when ARZANI_ENV=production")
         # One key for every process of this start (or a cookie signed by one gunicorn worker would
         # be refused by the next), and the same key next start: browser users keep their chats.
         env["ARZANI_SECRET_KEY"] = dev_secret_key(instance)
+    try:
+        Settings.from_env(env)  # every variable, validated: one line naming a bad one
+    except ArzaniError as exc:
+        raise click.ClickException(exc.message) from None
+    if env.get("REDIS_URL"):
+        _check_redis(env["REDIS_URL"])
     env["PYTHONUNBUFFERED"] = "1"
     # Every process writes its metrics here and GET /metrics adds them up (app/metrics.py).
     metrics_dir = None
@@ -82,16 +172,10 @@ def run(web_processes: int, worker_count: int) -> None:
         embedded = EmbeddedRedis()
         embedded.start()
         env["REDIS_URL"] = embedded.url
+    stack_env = instance / STACK_ENV
     try:
-        try:
-            from app.migrate import upgrade
-
-            services = Wiring(Settings.from_env(env), process_kind="cli")
-            upgrade(services.db)  # the Procfile's release: step
-            services.close()
-        except ArzaniError as exc:
-            raise click.ClickException(exc.message) from None
-
+        _migrate(env)  # the Procfile's release: step; an unreachable database is one line
+        _write_stack_env(stack_env, env)
         procfile = parse_procfile(PROCFILE.read_text())
         manager = Manager(Printer(sys.stdout))
         for name, command in procfile.processes.items():
@@ -104,14 +188,36 @@ def run(web_processes: int, worker_count: int) -> None:
                 manager.add_process(name, command, env=env)  # web; cron (exactly one)
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
-        click.echo(f"Redis: {env['REDIS_URL']}   (redis-cli -u {env['REDIS_URL']})")
-        click.echo(f"Database: {env.get('DATABASE_URL') or defaults.DATABASE_URL}")
+        click.echo(f"Redis: {masked_url(env['REDIS_URL'])}   (redis-cli -u {masked_url(env['REDIS_URL'])})")
+        click.echo(f"Database: {masked_url(env.get('DATABASE_URL') or defaults.DATABASE_URL)}")
+        click.echo(f"Operator commands run here find this stack through {stack_env} "
+                   f"(`eval $(arzani env)` exports it for rq and redis-cli).")
         click.echo("Ctrl-C stops everything.")
         sys.stdout.flush()
         manager.loop()
     finally:
+        stack_env.unlink(missing_ok=True)
+        instance_lock.close()
         if embedded is not None:
             embedded.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    sys.exit(manager.returncode or 0)
+    # Ctrl-C (SIGINT) or SIGTERM is how a developer stops the stack: a clean stop, exit 0.
+    # honcho reports them as 130 and 143; anything else is a process that died on its own.
+    sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
+
+
+@click.command("env")
+def stack_env() -> None:
+    """Print `export` lines for the dev stack running in this directory (`eval $(arzani env)`), so
+    that rq, redis-cli and scripts use its Redis and database."""
+    import shlex
+
+    from app.config import STACK_ENV_PATH, dev_stack_env
+
+    values = dev_stack_env()
+    if not values:
+        raise click.ClickException(f"no `make run` is running in this directory ({STACK_ENV_PATH} is absent)")
+    for name, value in values.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+    click.echo(f"export RQ_REDIS_URL={shlex.quote(values['REDIS_URL'])}")

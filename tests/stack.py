@@ -94,8 +94,8 @@ class Stack:
             time.sleep(0.05)
         raise RuntimeError("gunicorn did not become ready:\n" + self.log("web"))
 
-    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
-        return self._spawn(name, [str(BIN / "rq"), "worker", "--url", self.env["REDIS_URL"],
+    def start_worker(self, name: str = "worker", *extra: str, url: str | None = None) -> subprocess.Popen:
+        return self._spawn(name, [str(BIN / "rq"), "worker", "--url", url or self.env["REDIS_URL"],
                                   "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
                                   *extra, self.env["ARZANI_QUEUE"]])
 

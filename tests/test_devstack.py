@@ -81,12 +81,16 @@ def test_run_serves_the_stack_and_ctrl_c_leaves_nothing_running(tmp_path):
                 time.sleep(0.2)
         with urllib.request.urlopen(page_url, timeout=5) as response:
             assert b"/static/js/main.js" in response.read()  # the chat page itself
+        # Operator commands started here find this stack (REDIS_URL unset): instance/stack.env.
+        assert f"REDIS_URL={redis_url}" in (tmp_path / "instance" / "stack.env").read_text()
         running = descendants(stack.pid)
         assert len(running) >= 6  # honcho, gunicorn master and workers, rq workers, cron, redis
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     finally:
         os.killpg(stack.pid, signal.SIGINT)
         stack.wait(60)
+    assert stack.returncode == 0  # Ctrl-C is how a developer stops it: not an error
+    assert not (tmp_path / "instance" / "stack.env").exists()
     assert [pid for pid in running if alive(pid)] == []
     # The cookie key is kept for the next start (browser users keep their chats), privately.
     assert (tmp_path / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600

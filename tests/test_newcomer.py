@@ -14,6 +14,7 @@ from app.errors import ConfigurationError
 from scripts.cli import cli
 from scripts.devstack import dev_secret_key
 from tests.helpers import new_session_id
+from tests.servers import free_port
 from workers import agents
 
 
@@ -170,3 +171,96 @@ def test_the_echo_reply_counts_in_good_english():
     assert "1 message seen" in reply
     assert "2 messages seen" in agents.EchoAgent().reply(
         "c", [agents.Turn("user", "hi"), agents.Turn("assistant", "hello")])
+
+
+# -- 2. start-up failures are one line, before the banner --------------------------------------
+
+def _arzani_run(tmp_path, **env):
+    import os
+    import subprocess
+
+    from tests.stack import BIN
+
+    full = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "PORT")}
+    full.update({"PORT": str(free_port()), **env})
+    return subprocess.run([str(BIN / "arzani"), "run", "--web-processes", "1", "--workers", "1"], env=full,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def _one_line_failure(result, says: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert says in output, output
+    assert "Traceback" not in output and "chat page" not in output  # before the banner
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_run_refuses_a_port_in_use_naming_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _arzani_run(tmp_path, PORT=str(port))
+    _one_line_failure(result, f"PORT {port} on 127.0.0.1 is not free")
+
+
+def test_run_refuses_an_unreachable_redis_url(tmp_path):
+    result = _arzani_run(tmp_path, REDIS_URL=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    _one_line_failure(result, "Redis at REDIS_URL=redis://:***@127.0.0.1:")
+    assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize(("database_url", "says"), [
+    ("mysql://u@h/d", "DATABASE_URL must be SQLite or PostgreSQL"),
+    ("postgresql://nobody@127.0.0.1:{port}/arzani", "the database at DATABASE_URL=postgresql+psycopg://nobody@"),
+])
+def test_run_refuses_a_bad_or_unreachable_database(tmp_path, redis_url, database_url, says):
+    result = _arzani_run(tmp_path, REDIS_URL=redis_url, DATABASE_URL=database_url.format(port=free_port()))
+    _one_line_failure(result, says)
+
+
+def test_a_second_run_on_the_same_instance_is_refused(tmp_path):
+    import fcntl
+
+    (tmp_path / "instance").mkdir()
+    with open(tmp_path / "instance" / "run.lock", "w") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _arzani_run(tmp_path)
+    _one_line_failure(result, "another `make run` (pid 4242) is using")
+
+
+# -- 4. the Redis URL hand-off ---------------------------------------------------------------
+
+def test_commands_find_the_dev_stack_through_instance_stack_env(tmp_path, monkeypatch, redis_url):
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / "stack.env").write_text(f"REDIS_URL={redis_url}\nDATABASE_URL=sqlite:///x.db\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert Settings.from_env().redis_url == redis_url
+    result = CliRunner().invoke(cli, ["env"])
+    assert result.exit_code == 0
+    assert f"export REDIS_URL={redis_url}" in result.output and f"export RQ_REDIS_URL={redis_url}" in result.output
+
+
+def test_without_a_dev_stack_the_error_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert CliRunner().invoke(cli, ["env"]).exit_code == 1
+    result = CliRunner().invoke(cli, ["sessions", "list"], env={"REDIS_URL": "", "DATABASE_URL": "sqlite:///x.db"})
+    assert result.exit_code == 1 and "start `make run` here" in result.output
+
+
+@pytest.mark.slow
+def test_rq_worker_url_works_without_redis_url_exported(api, services, make_stack, settings):
+    """`rq worker --url URL` (the Procfile's worker without REDIS_URL in its environment)."""
+    stack = make_stack(settings.database_url)
+    url = stack.env.pop("REDIS_URL")
+    posted = api.send(new_session_id(), "answer me from a worker that knows only --url").json
+    stack.start_worker("url-only", "--burst", url=url).wait(120)
+    messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"], stack.log(next(iter(stack.processes)))

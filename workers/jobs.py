@@ -8,9 +8,11 @@ failure callback marks the user message `failed`, visibly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from urllib.parse import quote
 
 from redis.exceptions import RedisError
 from sqlalchemy import or_, select, update
@@ -33,17 +35,39 @@ _services: Wiring | None = None
 def services() -> Wiring:
     """This worker process's wiring, made from the environment on first use."""
     global _services
-    if _services is None:
+    # Made again inside a job if it was made (by workers.rq_settings, in the worker's parent)
+    # without a Redis URL: `rq worker --url URL` with no REDIS_URL exported uses the worker's Redis.
+    if _services is None or (_services.settings.redis_url is None and _current_worker_redis_url()):
         settings = Settings.from_env()
+        if settings.redis_url is None:
+            settings = dataclasses.replace(settings, redis_url=_current_worker_redis_url())
         configure_logging(settings.log_level)
         _services = Wiring(settings, process_kind="worker")
-        _warn_if_not_preloaded(_services)
+        if settings.redis_url:
+            _warn_if_not_preloaded(_services)
     return _services
 
 
 RQ_SETTINGS_WARNING_KEY = "arzani:warned:rq-settings"
 """Set (for an hour) when a worker without `-c workers.rq_settings` was reported: one warning an
 hour for the whole deployment, not one per job."""
+
+
+def _current_worker_redis_url() -> str | None:
+    """The URL of the Redis the running job came from (the worker's --url), or None outside a job."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        return None
+    kwargs = job.connection.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    scheme = "rediss" if job.connection.connection_pool.connection_class.__name__ == "SSLConnection" else "redis"
+    auth = ""
+    if kwargs.get("password"):
+        auth = f"{quote(kwargs.get('username') or '', safe='')}:{quote(kwargs['password'], safe='')}@"
+    return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
 def _warn_if_not_preloaded(svc: Wiring) -> None:
