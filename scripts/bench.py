@@ -197,8 +197,7 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
     port = free_port()
     web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
                             "--bind", f"127.0.0.1:{port}", "scripts.bench_app:create_bench_app()"],
-                           env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+                           env=env, stdout=_log_file(env), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -250,7 +249,7 @@ def bench_reply_latency(services, client, headers, env, figures: Figures, count:
 
     worker = subprocess.Popen([str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--url",
                                env["REDIS_URL"], env["ARZANI_QUEUE"]], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=_log_file(env), stderr=subprocess.STDOUT)
     try:
         session_id = uuid.uuid4().hex
         client.post(f"/api/sessions/{session_id}/messages", json={"content": "warm"}, headers=headers)
@@ -339,6 +338,25 @@ def bench_memory(services, figures: Figures) -> None:
     figures.add("Redis memory per session: both", per_session, baseline, "bytes", "<= 300")
 
 
+def _log_file(env: dict):
+    """The bench's log file, appended to by a process it starts (the path is in env)."""
+    return open(env["ARZANI_BENCH_LOG"], "ab")  # noqa: SIM115 - handed to the child process
+
+
+def _logs_to_file(path: Path) -> Path:
+    """Everything the in-process workers and our code log goes to `path`, not to the terminal
+    (an in-process RQ worker logs a few lines per job: thousands per run)."""
+    import logging
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("rq", "arzani"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    return path
+
+
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="sidebar at 10k and 100k messages instead of 10k and 1M")
 @click.option("--smoke", is_flag=True, help="tiny sizes everywhere: checks the command runs, figures mean little")
@@ -353,9 +371,11 @@ def bench(quick: bool, smoke: bool) -> None:
     RoundTrips.install()
     embedded = EmbeddedRedis().start()
     directory = tempfile.mkdtemp(prefix="arzani-bench-")
+    log_path = _logs_to_file(Path(directory) / "bench.log")
+    click.echo(f"logs (RQ's and ours): {log_path}", err=True)
     env = dict(os.environ, REDIS_URL=embedded.url, DATABASE_URL=f"sqlite:///{directory}/bench.db",
                ARZANI_QUEUE="arzani-bench", ARZANI_LOG_LEVEL="WARNING", ARZANI_RATE_LIMIT="off",
-               ARZANI_SECRET_KEY="bench")
+               ARZANI_SECRET_KEY="bench", ARZANI_BENCH_LOG=str(log_path))
     figures = Figures()
     try:
         settings = Settings.from_env(env)

@@ -22,6 +22,9 @@ def test_bench_prints_every_figure(tmp_path):
                    "accepted messages/s", "reply latency p50", "memory per session", "sidebar page"):
         assert figure in names, result.stdout
     assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
+    # Quiet: progress lines and the log file's path, not the workers' thousands of lines.
+    assert "logs (RQ's and ours): " in result.stderr
+    assert len(result.stderr.splitlines()) < 15, result.stderr[-3000:]
 
 
 def test_the_baseline_endpoint_validates_like_the_api(services, api):
