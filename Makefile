@@ -13,9 +13,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# `make run` installs what running needs; `make test` adds the test toolchain.
+# `make run` installs what running needs (a regular install: setuptools prints notices for every
+# editable one); it runs this checkout's code all the same (python -m, and PYTHONPATH for the
+# processes it starts). `make test` installs editable, with the test toolchain.
 $(RUN_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet .
 	touch $(RUN_STAMP)
 
 $(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
@@ -25,7 +27,7 @@ $(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 install: $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/arzani run
+	$(BIN)/python -m scripts.cli run
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check app workers scripts tests

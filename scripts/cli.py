@@ -197,3 +197,7 @@ cli.add_command(run)
 cli.add_command(stack_env)
 cli.add_command(race)
 cli.add_command(bench)
+
+
+if __name__ == "__main__":  # `python -m scripts.cli` (what `make run` uses: this checkout's code)
+    cli()

@@ -22,7 +22,15 @@ from honcho.printer import Printer
 
 from scripts.localservers import EmbeddedRedis
 
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+
+def _project_root() -> Path:
+    """The checkout whose Procfile `arzani run` starts: this file's (editable install, python -m)
+    or the working directory's (a regular install run from the checkout)."""
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "Procfile").is_file():
+            return candidate
+    raise click.ClickException("`arzani run` starts the Procfile's processes: run it in the project's "
+                               "checkout (`make run`)")
 
 
 INSTANCE_DIR = "instance"
@@ -166,6 +174,9 @@ def run(web_processes: int, worker_count: int) -> None:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # The Procfile names gunicorn, rq and arzani: find them beside this interpreter (the venv's bin).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # ...and they run this checkout's code, whether the package is installed editable or not.
+    root = _project_root()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
 
     embedded = None
     if not env.get("REDIS_URL"):
@@ -176,7 +187,7 @@ def run(web_processes: int, worker_count: int) -> None:
     try:
         _migrate(env)  # the Procfile's release: step; an unreachable database is one line
         _write_stack_env(stack_env, env)
-        procfile = parse_procfile(PROCFILE.read_text())
+        procfile = parse_procfile((root / "Procfile").read_text())
         manager = Manager(Printer(sys.stdout))
         for name, command in procfile.processes.items():
             if name == "release":
