@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from flask import Blueprint, Response, jsonify, request
 
 from app import conversations, events, keys
 from app.auth import authenticate
-from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
+from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId, NotFound
 from app.wiring import get_wiring
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -20,6 +21,9 @@ MAX_CLIENT_MESSAGE_ID = 128
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_TITLE = 200
+MAX_MESSAGE_ID = 2**31 - 1
+"""Message ids are the database's INTEGER (PostgreSQL's is 32-bit)."""
+CONVERSATION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _user_id() -> int:
@@ -39,10 +43,21 @@ def _session_id(session_id: str) -> str:
     return session_id
 
 
+def _conversation_id(conversation_id: str) -> str:
+    """Conversation ids are ours (UUIDs): anything else names no conversation (no NUL or odd
+    bytes ever reach the database, which PostgreSQL would refuse with an error)."""
+    if not CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
+        raise NotFound("conversation not found")
+    return conversation_id
+
+
 def _json_object(allowed: set[str]) -> dict:
     if not request.is_json:
         raise BadRequest("send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise BadRequest("the body is nested too deeply") from None
     if body is None:
         raise BadRequest("the body is not valid JSON")
     if not isinstance(body, dict):
@@ -123,7 +138,10 @@ def session_events(session_id: str):
 
 @bp.post("/conversations/<conversation_id>/messages/<int:message_id>/retry")
 def retry_reply(conversation_id: str, message_id: int):
-    result = conversations.retry_reply(get_wiring(), _user_id(), conversation_id, message_id)
+    user_id = _user_id()
+    if not 1 <= message_id <= MAX_MESSAGE_ID:  # beyond the database's integer: no such message
+        raise NotFound("message not found")
+    result = conversations.retry_reply(get_wiring(), user_id, _conversation_id(conversation_id), message_id)
     return jsonify(result), 202
 
 
@@ -131,7 +149,8 @@ def retry_reply(conversation_id: str, message_id: int):
 def list_conversations():
     user_id = _user_id()
     raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # isascii(): '²' and other Unicode digits pass isdigit() but not int()
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
     cursor = request.args.get("cursor") or None
     return jsonify(conversations.list_conversations(get_wiring(), user_id, int(raw_limit), cursor))
@@ -139,12 +158,13 @@ def list_conversations():
 
 @bp.get("/conversations/<conversation_id>")
 def get_conversation(conversation_id: str):
-    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), conversation_id))
+    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), _conversation_id(conversation_id)))
 
 
 @bp.patch("/conversations/<conversation_id>")
 def rename_conversation(conversation_id: str):
     user_id = _user_id()
+    conversation_id = _conversation_id(conversation_id)
     body = _json_object({"title"})
     title = _text(body, "title", required=True, max_chars=MAX_TITLE)
     return jsonify(conversations.rename_conversation(get_wiring(), user_id, conversation_id, title.strip()))
@@ -152,5 +172,6 @@ def rename_conversation(conversation_id: str):
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str):
-    conversations.delete_conversation(get_wiring(), _user_id(), conversation_id)
+    user_id = _user_id()
+    conversations.delete_conversation(get_wiring(), user_id, _conversation_id(conversation_id))
     return "", 204

@@ -218,12 +218,16 @@ def encode_cursor(updated_at: datetime, conversation_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        if len(cursor) > 512:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if b"\\u0000" in raw or b"\x00" in raw:  # NUL: PostgreSQL refuses it in any string
+            raise ValueError
         stamp, conversation_id = json.loads(raw)
         updated_at = datetime.fromisoformat(stamp)
         if not isinstance(conversation_id, str) or updated_at.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise BadRequest("cursor is not one this server issued") from None
     return updated_at, conversation_id
 

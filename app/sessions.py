@@ -43,9 +43,15 @@ from app.models import Conversation, Message, MessageRole, MessageStatus
 log = logging.getLogger("arzani.sessions")
 
 # Reads the tracked hash and, if it names a conversation, renews the hash and the fence counter
-# (CONTRACT: "renewed by every message"). One round trip on the hot path.
+# ("renewed by every message"). One round trip on the hot path. The owner is checked first, inside
+# the script: another user's request renews nothing (no TTL, no last_seen_at).
 _TOUCH = """
--- KEYS[1] session hash, KEYS[2] fence; ARGV[1] now ms, ARGV[2] session ttl ms
+-- KEYS[1] session hash, KEYS[2] fence; ARGV[1] now ms, ARGV[2] session ttl ms, ARGV[3] caller's user id
+local owner = redis.call('HGET', KEYS[1], 'user_id')
+if owner and owner ~= ARGV[3] then
+    -- another user's session: renew nothing, tell only whose it is (the caller answers 404)
+    return {'user_id', owner}
+end
 if redis.call('HEXISTS', KEYS[1], 'conversation_id') == 1 then
     redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -139,10 +145,12 @@ class SessionService:
 
     # -- Redis side ------------------------------------------------------------------------
 
-    def touch(self, session_id: str) -> TrackedSession:
+    def touch(self, session_id: str, user_id: int) -> TrackedSession:
+        """What Redis tracks, renewed if it is `user_id`'s; another user's session comes back
+        with only its `user_id` and is not renewed."""
         flat = self._touch(
             keys=[keys.session_key(session_id), keys.fence_key(session_id)],
-            args=[now_ms(), self.session_ttl_ms],
+            args=[now_ms(), self.session_ttl_ms, user_id],
         )
         return TrackedSession.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
@@ -190,7 +198,7 @@ class SessionService:
     # -- resolution ------------------------------------------------------------------------
 
     def resolve(self, session_id: str, user_id: int) -> ResolvedSession:
-        tracked = self.touch(session_id)
+        tracked = self.touch(session_id, user_id)
         ensure_owner([tracked.user_id], user_id)
         if tracked.conversation_id:
             return ResolvedSession(session_id, tracked.conversation_id, user_id, "tracked")
@@ -225,7 +233,7 @@ class SessionService:
                         "session lock busy: waiting for its holder",
                         extra={"session_id": session_id, "proc": process_name(self.process_kind)},
                     )
-                tracked = self.touch(session_id)
+                tracked = self.touch(session_id, user_id)
                 if tracked.conversation_id:
                     return self._waited(session_id, tracked.conversation_id, tracked.user_id,
                                         user_id, started)
@@ -265,7 +273,7 @@ class SessionService:
     ) -> ResolvedSession:
         try:
             # Look again: a holder may have finished between our miss and our acquisition.
-            tracked = self.touch(session_id)
+            tracked = self.touch(session_id, user_id)
             ensure_owner([tracked.user_id], user_id)
             if tracked.conversation_id:
                 return ResolvedSession(

@@ -1,0 +1,84 @@
+"""Input an attacker (or a fuzzer) sends: always a clear 4xx JSON error, never a 500, on SQLite and
+PostgreSQL alike, and nothing already stored is lost."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.helpers import new_session_id
+
+
+def cursor_of(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def assert_client_error(response, *statuses):
+    assert response.status_code in statuses, (response.status_code, response.get_data(as_text=True)[:300])
+    assert set(response.json["error"]) == {"code", "message"}
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "%D9%A3", "１０", "-1", "1e3", "0x10", "99999999999999999999"])
+def test_a_limit_that_only_looks_like_a_number_is_a_400(api, limit):
+    assert_client_error(api.get(f"/api/conversations?limit={limit}"), 400)
+
+
+def test_json_nested_thousands_deep_is_refused(api):
+    deep = "[" * 50_000 + "]" * 50_000
+    response = api.client.post(f"/api/sessions/{new_session_id()}/messages", data=deep,
+                               headers=api.headers | {"Content-Type": "application/json"})
+    assert_client_error(response, 400, 422)
+    nested = '{"title": ' + '{"a": ' * 20_000 + "1" + "}" * 20_000 + "}"
+    posted = api.send(new_session_id(), "survives").json
+    response = api.client.patch(f"/api/conversations/{posted['conversation_id']}", data=nested,
+                                headers=api.headers | {"Content-Type": "application/json"})
+    assert_client_error(response, 400, 422)
+    assert api.get(f"/api/conversations/{posted['conversation_id']}").status_code == 200
+
+
+@pytest.mark.parametrize("raw", [
+    "[" * 20_000 + "]" * 20_000,
+    json.dumps(["2026-11-25T10:00:00+00:00", "a\u0000b"]),
+    json.dumps(["2026-11-25T10:00:00\u0000+00:00", "abc"]),
+    json.dumps(["9999999-01-01T00:00:00+00:00", "abc"]),
+])
+def test_a_cursor_the_server_never_issued_is_a_400(api, raw):
+    assert_client_error(api.get(f"/api/conversations?cursor={cursor_of(raw)}"), 400)
+
+
+def test_a_cursor_with_a_nul_byte_in_the_url_is_a_400(api):
+    assert_client_error(api.get("/api/conversations?cursor=ab%00cd"), 400)
+
+
+@pytest.mark.parametrize("message_id", [2**31, 2**63, 10**30])
+def test_a_message_id_beyond_the_database_integer_is_a_404(api, message_id):
+    posted = api.send(new_session_id(), "hello").json
+    response = api.post(f"/api/conversations/{posted['conversation_id']}/messages/{message_id}/retry")
+    assert_client_error(response, 404)
+
+
+@pytest.mark.parametrize("conversation_id", ["a%00b", "%00", "x" * 5000, "%F0%9F%92%A9"])
+def test_odd_conversation_ids_are_a_404(api, conversation_id):
+    for method in ("get", "patch", "delete"):
+        kwargs = {"json": {"title": "t"}} if method == "patch" else {}
+        assert_client_error(getattr(api, method)(f"/api/conversations/{conversation_id}", **kwargs), 404)
+    assert_client_error(api.post(f"/api/conversations/{conversation_id}/messages/1/retry"), 404)
+
+
+def test_a_refused_post_to_another_users_session_renews_nothing(make_api, services):
+    from app import keys
+
+    alice, mallory = make_api("alice"), make_api("mallory")
+    session_id = new_session_id()
+    alice.send(session_id, "mine")
+    key = keys.session_key(session_id)
+    services.redis.pexpire(key, 100_000)
+    services.redis.hset(key, "last_seen_at", 1)  # an old last activity, to see whether it moves
+    assert mallory.send(session_id, "let me in").status_code == 404
+    assert mallory.get(f"/api/sessions/{session_id}/events").status_code == 404
+    assert services.redis.pttl(key) <= 100_000  # not renewed to the session TTL
+    assert services.redis.hget(key, "last_seen_at") == "1"
+    alice.send(session_id, "still mine")
+    assert services.redis.pttl(key) > 100_000 and services.redis.hget(key, "last_seen_at") != "1"
