@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,15 @@ MAX_REQUEST_BYTES = 256 * 1024
 """Any request body over this is refused (413) before it is read."""
 
 
+def cookie_name(settings: Settings) -> str:
+    """The chat page's cookie. Unique per instance (a digest of its signing key), so two stacks on
+    one host, whose cookies browsers do not tell apart by port, never overwrite each other's. In
+    production `__Host-`: the browser accepts it only Secure, with Path=/ and no Domain, so a
+    sibling host cannot plant one ("cookie tossing")."""
+    digest = hashlib.sha256(settings.secret_key.encode()).hexdigest()[:8]
+    return f"{'__Host-' if settings.production else ''}arzani_session_{digest}"
+
+
 def create_app(test_config: Mapping[str, Any] | None = None, *, services: Wiring | None = None) -> Flask:
     """Build the web app. `services` lets tests hand in their own wiring; otherwise the
     environment decides (CONTRACT.md, Configuration)."""
@@ -39,7 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Wiring
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.production,
-        SESSION_COOKIE_NAME="arzani_session",
+        SESSION_COOKIE_NAME=cookie_name(settings),
         PERMANENT_SESSION_LIFETIME=settings.session_ttl_s,
         JSON_SORT_KEYS=False,
     )

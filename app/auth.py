@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from urllib.parse import urlsplit
 
 from flask import g, request
 from flask import session as cookie  # Flask's signed-cookie session: not a chat session
 from sqlalchemy import select
 
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.models import User, utcnow
 from app.wiring import Wiring
 
@@ -73,6 +74,25 @@ def create_web_user(services: Wiring) -> User:
     return user
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _refuse_cross_site(req) -> None:
+    """CSRF: a cookie-authenticated unsafe request must come from our own pages. Browsers say where
+    a request comes from (Sec-Fetch-Site; Origin on every cross-origin POST); SameSite=Lax alone
+    lets a same-site page (another port of this host, a sibling subdomain) send the cookie along
+    with a body-less POST. A client that sends neither header is not a browser acting for a victim."""
+    if req.method in _SAFE_METHODS:
+        return
+    site = req.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
+    origin = req.headers.get("Origin")
+    # Host only: behind a TLS-terminating proxy the scheme we see is not the browser's.
+    if origin is not None and urlsplit(origin).netloc != req.host:
+        raise Forbidden("cross-origin request refused (Origin does not match)")
+
+
 def authenticate(services: Wiring) -> int:
     """The caller's user id, or Unauthorized. Cached on `g` for the request."""
     if "user_id" in g:
@@ -92,7 +112,10 @@ def authenticate(services: Wiring) -> int:
         else:
             uid = cookie.get(COOKIE_USER_KEY)
             user = db.get(User, uid) if isinstance(uid, int) else None
-            if user is None or user.revoked_at is not None:
+            # The cookie is the chat page's identity only: an API user's id in a (forged) cookie is
+            # no identity, whoever signed it.
+            if user is None or user.revoked_at is not None or user.kind != "web":
                 raise Unauthorized()
+            _refuse_cross_site(request)
     g.user_id = user.id
     return user.id

@@ -50,6 +50,9 @@ def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[
     return value
 
 
+MIN_PRODUCTION_KEY_BYTES = 32
+"""A production cookie signing key shorter than this is refused (a guessable key forges identities)."""
+
 _DATABASE_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/NAME"
 
 
@@ -172,6 +175,9 @@ class Settings:
         secret_key = environ.get("ARZANI_SECRET_KEY") or None
         if secret_key is None and env == "production":
             raise ConfigurationError("ARZANI_SECRET_KEY is required when ARZANI_ENV=production")
+        if env == "production" and len(secret_key.encode()) < MIN_PRODUCTION_KEY_BYTES:
+            raise ConfigurationError(f"ARZANI_SECRET_KEY must be at least {MIN_PRODUCTION_KEY_BYTES} bytes in "
+                                     f"production (e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         agent = _choice(environ, "ARZANI_AGENT", defaults.AGENT, defaults.AGENT_NAMES)
         extra = {"secret_key": secret_key} if secret_key else {}
         redis_cluster = (environ.get("ARZANI_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes")

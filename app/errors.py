@@ -40,6 +40,13 @@ class Unauthorized(ArzaniError):
     status = 401
 
 
+class Forbidden(ArzaniError):
+    """The credentials are good but the request is refused (a cross-site request with the cookie)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(ArzaniError):
     """Not found."""
 

@@ -28,6 +28,7 @@ def _error(description: str) -> dict:
 ERRORS = {
     "400": _error("malformed JSON, a bad session id, a bad query parameter"),
     "401": _error("no bearer token and no cookie, or an unknown or revoked token"),
+    "403": _error("the chat page's cookie on a cross-site request (CSRF): refused"),
     "404": _error("not found, or another user's"),
     "413": _error("content over 32 KiB, or a request body over 256 KiB"),
     "422": _error("a JSON body of the wrong shape"),
@@ -118,7 +119,7 @@ PATHS = {
                  "responses": {"201": {"description": "a new session id",
                                        **_json({"type": "object", "required": ["session_id"],
                                                 "properties": {"session_id": SESSION_ID}})},
-                               **_errors("401", "429", "503")}},
+                               **_errors("401", "403", "429", "503")}},
     },
     "/api/sessions/{session_id}/messages": {
         "post": {
@@ -133,7 +134,7 @@ PATHS = {
                         **_json(_ref("PostedMessage"))},
                 "200": {"description": "the same client_message_id again: the first answer",
                         **_json(_ref("PostedMessage"))},
-                **_errors("400", "401", "404", "413", "422", "429", "503"),
+                **_errors("400", "401", "403", "404", "413", "422", "429", "503"),
             },
         },
     },
@@ -167,7 +168,7 @@ PATHS = {
                                                 "properties": {"message": _ref("Message"),
                                                                "job_id": {"type": "string"}}})},
                                "409": _error("the message is not failed"),
-                               **_errors("401", "404", "429", "503")}},
+                               **_errors("401", "403", "404", "429", "503")}},
     },
     "/api/conversations": {
         "get": {
@@ -193,10 +194,11 @@ PATHS = {
                       "type": "object", "required": ["title"], "additionalProperties": False,
                       "properties": {"title": {"type": "string", "minLength": 1, "maxLength": 200}}})},
                   "responses": {"200": {"description": "renamed", **_json(_ref("Conversation"))},
-                                **_errors("400", "401", "404", "422", "429", "503")}},
+                                **_errors("400", "401", "403", "404", "422", "429", "503")}},
         "delete": {"summary": "Delete; the session's next message starts a new conversation",
                    "parameters": [CID_PARAM],
-                   "responses": {"204": {"description": "deleted"}, **_errors("401", "404", "429", "503")}},
+                   "responses": {"204": {"description": "deleted"},
+                                 **_errors("401", "403", "404", "429", "503")}},
     },
     "/healthz": {"get": {"summary": "The process is up", "security": [],
                          "responses": {"200": {"description": "up"}}}},
@@ -211,8 +213,9 @@ DOCUMENT = {
         "schemas": SCHEMAS,
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "a token from `arzani users create`"},
-            "cookie": {"type": "apiKey", "in": "cookie", "name": "arzani_session",
-                       "description": "the chat page's signed cookie"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "arzani_session_<8 hex>",
+                       "description": "the chat page's signed cookie (its name has a per-instance suffix; "
+                                      "__Host- in production)"},
         },
     },
     "security": [{"bearer": []}, {"cookie": []}],

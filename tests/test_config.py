@@ -22,7 +22,12 @@ def test_production_refuses_to_start_without_a_secret_key(monkeypatch):
     with pytest.raises(ConfigurationError):
         create_app()
     monkeypatch.setenv("ARZANI_SECRET_KEY", "s3cret")
-    assert create_app().config["SESSION_COOKIE_SECURE"] is True
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):  # a guessable key is no key
+        create_app()
+    monkeypatch.setenv("ARZANI_SECRET_KEY", "k" * 32)
+    app = create_app()
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["SESSION_COOKIE_NAME"].startswith("__Host-arzani_session_")
 
 
 @pytest.mark.parametrize(("name", "value", "says"), [

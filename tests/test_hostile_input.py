@@ -82,3 +82,51 @@ def test_a_refused_post_to_another_users_session_renews_nothing(make_api, servic
     assert services.redis.hget(key, "last_seen_at") == "1"
     alice.send(session_id, "still mine")
     assert services.redis.pttl(key) > 100_000 and services.redis.hget(key, "last_seen_at") != "1"
+
+
+# -- the cookie: browser users only, unique per instance, same-origin for unsafe methods -------
+
+def test_a_cookie_naming_an_api_user_is_no_identity(app, api):
+    """A cookie signed with a stolen key and naming an API user's id acts as nobody."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    from app.auth import COOKIE_USER_KEY
+
+    signer = SecureCookieSessionInterface().get_signing_serializer(app)
+    browser = app.test_client()
+    browser.set_cookie(app.config["SESSION_COOKIE_NAME"], signer.dumps({COOKIE_USER_KEY: api.user_id}))
+    assert browser.get("/api/conversations").status_code == 401
+
+
+def test_two_instances_on_one_host_use_two_cookie_names():
+    from app import cookie_name
+    from app.config import Settings
+
+    first, second = Settings(redis_url=None, secret_key="a" * 64), Settings(redis_url=None, secret_key="b" * 64)
+    assert cookie_name(first) != cookie_name(second)
+    assert cookie_name(Settings(redis_url=None, secret_key="a" * 64, env="production")).startswith("__Host-")
+
+
+@pytest.mark.parametrize(("headers", "allowed"), [
+    ({"Sec-Fetch-Site": "same-origin"}, True),
+    ({"Origin": "http://localhost"}, True),
+    ({}, True),  # not a browser acting for a victim
+    ({"Sec-Fetch-Site": "same-site"}, False),  # another port or subdomain of this host
+    ({"Sec-Fetch-Site": "cross-site"}, False),
+    ({"Origin": "http://evil.example"}, False),
+    ({"Origin": "http://localhost:8081"}, False),
+])
+def test_cookie_authenticated_unsafe_requests_must_come_from_our_origin(app, headers, allowed):
+    browser = app.test_client()
+    browser.get("/")  # the page's cookie
+    created = browser.post("/api/sessions", headers=headers)
+    assert created.status_code == (201 if allowed else 403), created.json
+    if not allowed:
+        assert created.json["error"]["code"] == "forbidden"
+        assert browser.get("/api/conversations", headers=headers).status_code == 200  # reads stay fine
+
+
+def test_bearer_clients_are_not_subject_to_the_origin_check(api):
+    response = api.client.post("/api/sessions", headers=api.headers | {"Origin": "http://elsewhere.example",
+                                                                         "Sec-Fetch-Site": "cross-site"})
+    assert response.status_code == 201

@@ -53,7 +53,7 @@ def _parse(html: str) -> _Elements:
 
 
 def _page_cookie(response) -> str:
-    cookies = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("arzani_session=")]
+    cookies = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("arzani_session_")]
     assert len(cookies) == 1, response.headers.getlist("Set-Cookie")
     return cookies[0]
 
@@ -230,7 +230,7 @@ def test_a_visit_again_keeps_the_identity_and_no_cookie_is_401(client, app):
 
 def test_a_forged_cookie_is_no_identity(app):
     browser = app.test_client()
-    browser.set_cookie("arzani_session", "eyJ1aWQiOjF9.forged.signature")
+    browser.set_cookie(app.config["SESSION_COOKIE_NAME"], "eyJ1aWQiOjF9.forged.signature")
     response = browser.get("/api/conversations")
     assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
 
