@@ -41,6 +41,9 @@ def make_engine(database_url: str) -> Engine:
             raise ConfigurationError(
                 f"DATABASE_URL names a SQLite file in a directory that does not exist: {folder}/ "
                 f"(create it, or fix the path; `make run` creates instance/ for the default)")
+        # Created 0600 (the conversations are private); SQLite gives its -wal and -shm files the
+        # database file's mode.
+        os.close(os.open(url.database, os.O_RDONLY | os.O_CREAT, 0o600))
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

@@ -98,10 +98,10 @@ SCHEMAS = {
         "properties": {
             "session_id": SESSION_ID,
             "conversation_id": {"type": ["string", "null"]},
-            "tracked": {"type": "object", "required": ["key", "ttl_ms", "created_by"], "properties": {
+            "tracked": {"type": "object", "required": ["key", "conversation_id", "ttl_ms", "last_seen_at"],
+                        "additionalProperties": False, "properties": {
                 "key": {"type": "string"}, "conversation_id": {"type": ["string", "null"]},
-                "ttl_ms": {"type": ["integer", "null"]}, "created_by": {"type": ["string", "null"]},
-                "last_seen_at": {"type": ["integer", "null"]}}},
+                "ttl_ms": {"type": ["integer", "null"]}, "last_seen_at": {"type": ["integer", "null"]}}},
             "lock": {"type": "object", "required": ["held", "ttl_ms"], "properties": {
                 "held": {"type": "boolean"}, "ttl_ms": {"type": ["integer", "null"]}}},
             "consistent": {"type": "boolean"},

@@ -401,7 +401,8 @@ class SessionService:
     def status(self, session_id: str, user_id: int | None = None) -> dict:
         """What Redis and the database each believe about a session, and whether they agree.
 
-        With `user_id`, a session of another user (or of nobody) is NotFound; operators pass None.
+        With `user_id` (the API), a session of another user (or of nobody) is NotFound, and the
+        creating process (host name and pid) is left out: it is for operators, who pass None.
         """
         tracked, ttl_ms, lock_ttl_ms = self.tracked(session_id)
         with self.db.read() as db:
@@ -415,16 +416,18 @@ class SessionService:
                 Message.status == MessageStatus.PENDING,
             )) if live else 0
         database_conversation = live.id if live else None
+        tracked_view = {
+            "key": keys.session_key(session_id),
+            "conversation_id": tracked.conversation_id,
+            "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
+            "last_seen_at": tracked.last_seen_at_ms,
+        }
+        if user_id is None:
+            tracked_view["created_by"] = tracked.created_by
         return {
             "session_id": session_id,
             "conversation_id": database_conversation,
-            "tracked": {
-                "key": keys.session_key(session_id),
-                "conversation_id": tracked.conversation_id,
-                "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
-                "created_by": tracked.created_by,
-                "last_seen_at": tracked.last_seen_at_ms,
-            },
+            "tracked": tracked_view,
             "lock": {"held": lock_ttl_ms != -2, "ttl_ms": lock_ttl_ms if lock_ttl_ms >= 0 else None},
             "consistent": tracked.conversation_id == database_conversation,
             "pending_replies": pending,

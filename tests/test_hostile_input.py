@@ -130,3 +130,45 @@ def test_bearer_clients_are_not_subject_to_the_origin_check(api):
     response = api.client.post("/api/sessions", headers=api.headers | {"Origin": "http://elsewhere.example",
                                                                          "Sec-Fetch-Site": "cross-site"})
     assert response.status_code == 201
+
+
+# -- exposure: headers, operator-only fields, file modes -----------------------------------------
+
+def test_the_page_and_the_api_carry_the_hardening_headers(client, api):
+    csp = client.get("/").headers["Content-Security-Policy"]
+    for directive in ("object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+                      "script-src 'self'"):
+        assert directive in csp
+    answer = api.get("/api/conversations")
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert "Strict-Transport-Security" not in answer.headers  # development: plain http
+
+
+def test_production_sends_hsts(services):
+    import dataclasses
+
+    from app import create_app
+    from app.wiring import Wiring
+
+    production = Wiring(dataclasses.replace(services.settings, env="production", secret_key="k" * 32))
+    answer = create_app({"TESTING": True}, services=production).test_client().get("/healthz")
+    assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_the_status_view_keeps_host_and_pid_for_operators(api, services):
+    session_id = new_session_id()
+    api.send(session_id, "hi")
+    assert "created_by" not in api.get(f"/api/sessions/{session_id}").json["tracked"]
+    assert services.sessions.status(session_id)["tracked"]["created_by"].startswith("web:")
+
+
+def test_a_new_sqlite_database_is_private(tmp_path):
+    import stat
+
+    from app.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'private.db'}")
+    db.create_all()
+    db.dispose()
+    for path in tmp_path.glob("private.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

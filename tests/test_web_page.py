@@ -70,7 +70,8 @@ def test_first_visit_gets_a_signed_httponly_cookie_and_a_safe_page(client):
     value = cookie.split(";")[0].split("=", 1)[1]
     assert value and "." in value  # itsdangerous-signed, not a bare user id
     assert response.headers["Content-Security-Policy"] == (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'")
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     html = response.get_data(as_text=True)
