@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--runs", type=int, default=10, help="how many pytest runs (default 10)")
     parser.add_argument("--load", type=int, default=0, help="CPU-bound processes to run beside (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="where failed runs' output is kept")
+    parser.add_argument("--table", action="store_true", help="print every test's failures/runs, not only the flaky")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="tests and pytest options")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="arzani-repeat-"))
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(runs)} tests, {args.runs} runs, load {args.load}, {time.monotonic() - started:.0f} s; "
           f"failed runs kept in {out}")
     for test_id in sorted(runs):
-        if failures[test_id]:
-            print(f"  FLAKY  {failures[test_id]}/{runs[test_id]}  {test_id}")
+        if failures[test_id] or args.table:
+            print(f"  {'FLAKY' if failures[test_id] else 'ok':<5}  {failures[test_id]}/{runs[test_id]}  {test_id}")
     total = sum(failures.values())
     broke = f"; {broken_runs} runs broke" if broken_runs else ""
     print(f"failures: {total} in {sum(runs.values())} test runs{broke}")
