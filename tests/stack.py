@@ -79,7 +79,7 @@ class Stack:
         self.port = free_port()
         # --graceful-timeout 1: an open event stream (the chat page) must not hold up the stop
         self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--threads", str(threads),
-                            "--graceful-timeout", "1",
+                            "--graceful-timeout", "1", "--no-control-socket",
                             "--bind", f"127.0.0.1:{self.port}", "app:create_app()"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
