@@ -157,6 +157,7 @@ class Settings:
     reconcile_interval_s: int = defaults.RECONCILE_INTERVAL_S
     cleanup_interval_s: int = defaults.CLEANUP_INTERVAL_S
     cleanup_after_s: int = defaults.CLEANUP_AFTER_S
+    metrics_token: str | None = field(default=None, repr=False)  # None: /metrics open in dev, off in production
 
     @property
     def production(self) -> bool:
@@ -211,5 +212,6 @@ class Settings:
                                       minimum=0),
             cleanup_interval_s=_int(environ, "ARZANI_CLEANUP_INTERVAL", defaults.CLEANUP_INTERVAL_S, minimum=0),
             cleanup_after_s=_int(environ, "ARZANI_CLEANUP_AFTER", defaults.CLEANUP_AFTER_S, minimum=0),
+            metrics_token=environ.get("ARZANI_METRICS_TOKEN") or None,
             **extra,
         )

@@ -172,3 +172,22 @@ def test_a_new_sqlite_database_is_private(tmp_path):
     db.dispose()
     for path in tmp_path.glob("private.db*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_metrics_need_their_token_and_are_off_in_production_without_one(services, client):
+    import dataclasses
+
+    from app import create_app
+    from app.wiring import Wiring
+
+    assert client.get("/metrics").status_code == 200  # development, no token: open (make run)
+
+    def app_with(**changes):
+        wiring = Wiring(dataclasses.replace(services.settings, **changes))
+        return create_app({"TESTING": True}, services=wiring).test_client()
+
+    guarded = app_with(metrics_token="m-secret")
+    assert guarded.get("/metrics").status_code == 401
+    assert guarded.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert guarded.get("/metrics", headers={"Authorization": "Bearer m-secret"}).status_code == 200
+    assert app_with(env="production", secret_key="k" * 32).get("/metrics").status_code == 404
