@@ -196,7 +196,8 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
 
     port = free_port()
     web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
-                            "--no-control-socket", "--bind", f"127.0.0.1:{port}", "scripts.bench_app:create_bench_app()"],
+                            "--no-control-socket", "--bind", f"127.0.0.1:{port}",
+                            "scripts.bench_app:create_bench_app()"],
                            env=env, stdout=_log_file(env), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

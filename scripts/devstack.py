@@ -199,7 +199,8 @@ def run(web_processes: int, worker_count: int) -> None:
                 manager.add_process(name, command, env=env)  # web; cron (exactly one)
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
-        click.echo(f"Redis: {masked_url(env['REDIS_URL'])}   (redis-cli -u {masked_url(env['REDIS_URL'])})")
+        click.echo(f"Redis: {masked_url(env['REDIS_URL'])}   (eval \"$(arzani env)\" exports it with its password; "
+                   f"then redis-cli -u \"$REDIS_URL\")")
         click.echo(f"Database: {masked_url(env.get('DATABASE_URL') or defaults.DATABASE_URL)}")
         click.echo(f"Operator commands run here find this stack through {stack_env} "
                    f"(`eval $(arzani env)` exports it for rq and redis-cli).")

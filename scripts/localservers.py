@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -76,19 +77,26 @@ class EmbeddedRedis:
     """A private redis-server on loopback that keeps nothing on disk. The tests use it too: `stop()`
     then `start()` again is a restart on the same port that comes back empty."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None):
+        """`password`: the server requires it (AUTH); None: a random one. Anything that can reach a
+        Redis without one can enqueue a job naming any importable callable (code execution as the
+        service's user) or write files with CONFIG SET + SAVE; CONFIG is disabled too."""
         self.port = port or free_port()
+        self.password = password or secrets.token_urlsafe(24)
         self.dir = tempfile.mkdtemp(prefix="arzani-redis-")
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        # The password goes in through the configuration read from stdin (`redis-server -`), not
+        # argv: every local user can read a process's command line.
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
@@ -96,7 +104,9 @@ class EmbeddedRedis:
             # Redis must outlive the workers' shutdown (they unregister from it); we stop it last.
             start_new_session=True,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        self.process.stdin.write(f'requirepass "{self.password}"\nrename-command CONFIG ""\n'.encode())
+        self.process.stdin.close()
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -67,9 +67,17 @@ def test_run_serves_the_stack_and_ctrl_c_leaves_nothing_running(tmp_path):
         threading.Thread(target=stack.stdout.read, daemon=True).start()  # keep the pipe drained
         output = "".join(lines)
         page_url = re.search(r"(http://\S+)", output).group(1)
-        redis_url = re.search(r"Redis: (redis://\S+)", output).group(1)
+        shown = re.search(r"Redis: (redis://\S+)", output).group(1)
         assert page_url == f"http://127.0.0.1:{port}/"
+        # The embedded Redis has a password, masked on screen; instance/stack.env (0600) has it.
+        stack_env = dict(line.split("=", 1) for line in
+                         (tmp_path / "instance" / "stack.env").read_text().splitlines())
+        redis_url = stack_env["REDIS_URL"]
+        assert shown.startswith("redis://:***@") and redis_url.split("@")[0] not in output
         assert redis.Redis.from_url(redis_url).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(redis_url.rsplit(":", 1)[1].split("/")[0])).ping()
+
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -81,9 +89,14 @@ def test_run_serves_the_stack_and_ctrl_c_leaves_nothing_running(tmp_path):
                 time.sleep(0.2)
         with urllib.request.urlopen(page_url, timeout=5) as response:
             assert b"/static/js/main.js" in response.read()  # the chat page itself
-        # Operator commands started here find this stack (REDIS_URL unset): instance/stack.env.
-        assert f"REDIS_URL={redis_url}" in (tmp_path / "instance" / "stack.env").read_text()
         running = descendants(stack.pid)
+        # No process of the stack carries the password in its command line (ps shows argv to all).
+        password = redis_url.split("@")[0].rsplit(":", 1)[1]
+        for pid in running:
+            try:
+                assert password not in Path(f"/proc/{pid}/cmdline").read_text(), pid
+            except FileNotFoundError:
+                pass
         assert len(running) >= 6  # honcho, gunicorn master and workers, rq workers, cron, redis
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     finally:

@@ -191,3 +191,31 @@ def test_metrics_need_their_token_and_are_off_in_production_without_one(services
     assert guarded.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/metrics", headers={"Authorization": "Bearer m-secret"}).status_code == 200
     assert app_with(env="production", secret_key="k" * 32).get("/metrics").status_code == 404
+
+
+# -- secrets stay out of argv ---------------------------------------------------------------------
+
+def test_the_procfile_passes_redis_urls_by_environment_not_argv():
+    from pathlib import Path
+
+    from honcho.environ import parse_procfile
+
+    procfile = parse_procfile((Path(__file__).resolve().parents[1] / "Procfile").read_text()).processes
+    for name in ("worker", "cron"):
+        assert "--url" not in procfile[name] and procfile[name].startswith('RQ_REDIS_URL="$REDIS_URL" rq ')
+
+
+@pytest.mark.slow
+def test_a_worker_given_its_redis_url_only_by_environment_answers(api, services, make_stack, settings):
+    """What the Procfile's worker line does: RQ_REDIS_URL in the environment, no --url in argv."""
+    import subprocess
+
+    from tests.stack import BIN
+
+    stack = make_stack(settings.database_url)
+    posted = api.send(new_session_id(), "from a worker with no --url").json
+    env = dict(stack.env, RQ_REDIS_URL=stack.env["REDIS_URL"])
+    subprocess.run([str(BIN / "rq"), "worker", "--burst", "-c", "workers.rq_settings", env["ARZANI_QUEUE"]],
+                   env=env, check=True, capture_output=True, timeout=120)
+    messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
+    assert [m["status"] for m in messages] == ["answered", "complete"]
