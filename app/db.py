@@ -42,8 +42,14 @@ def make_engine(database_url: str) -> Engine:
                 f"DATABASE_URL names a SQLite file in a directory that does not exist: {folder}/ "
                 f"(create it, or fix the path; `make run` creates instance/ for the default)")
         # Created 0600 (the conversations are private); SQLite gives its -wal and -shm files the
-        # database file's mode.
-        os.close(os.open(url.database, os.O_RDONLY | os.O_CREAT, 0o600))
+        # database file's mode. Only when it does not exist yet: opening and closing a database
+        # file that this process already has open through SQLite would drop SQLite's POSIX locks
+        # on it (they are per process, released by any close), and other processes would then
+        # checkpoint and delete the WAL under our connections.
+        try:
+            os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

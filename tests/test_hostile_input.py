@@ -219,3 +219,33 @@ def test_a_worker_given_its_redis_url_only_by_environment_answers(api, services,
                    env=env, check=True, capture_output=True, timeout=120)
     messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
     assert [m["status"] for m in messages] == ["answered", "complete"]
+
+
+def test_making_the_database_private_keeps_sqlites_locks(tmp_path):
+    """A second engine on a file this process already has open must not open and close the file
+    itself: POSIX locks are per process and any close drops them, and another process would
+    then checkpoint and delete the WAL under our connections (seen: a worker reading a database
+    that no longer had the bench's messages)."""
+    import os
+
+    from sqlalchemy import text
+
+    from app.db import Database
+
+    path = tmp_path / "shared.db"
+    first = Database(f"sqlite:///{path}")
+    first.create_all()
+    inode = os.stat(path).st_ino
+
+    def our_locks() -> int:
+        with open("/proc/locks") as locks:
+            return sum(1 for line in locks if f" {os.getpid()} " in line and line.split()[5].endswith(f":{inode}"))
+
+    with first.engine.connect() as connection:
+        connection.execute(text("SELECT 1")).fetchall()
+        held = our_locks()
+        assert held >= 1
+        second = Database(f"sqlite:///{path}")
+        assert our_locks() == held
+        second.dispose()
+    first.dispose()
