@@ -242,6 +242,16 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
         web.wait(30)
 
 
+WAIT_LIMIT_S = 60.0
+"""A reply or a no-op job that takes longer than this is a failure of the run, not a figure."""
+
+
+def _give_up_after(started: float, what: str, env: dict) -> None:
+    if time.perf_counter() - started > WAIT_LIMIT_S:
+        raise click.ClickException(f"{what} did not come within {WAIT_LIMIT_S:.0f} s; "
+                                   f"see {env['ARZANI_BENCH_LOG']}")
+
+
 def bench_reply_latency(services, client, headers, env, figures: Figures, count: int = 60) -> None:
     """Stock rq worker processes; time from the POST's answer to the reply attached."""
     from sqlalchemy import select
@@ -264,11 +274,13 @@ def bench_reply_latency(services, client, headers, env, figures: Figures, count:
                 with services.db.read() as db:
                     if db.scalar(select(Message.id).where(Message.reply_to == posted["message"]["id"])):
                         break
+                _give_up_after(started, f"the reply to message {posted['message']['id']}", env)
                 time.sleep(0.002)
             ours.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             job = services.queue.enqueue(noop)
             while job.get_status(refresh=True) != "finished":
+                _give_up_after(started, "a no-op job", env)
                 time.sleep(0.002)
             base.append((time.perf_counter() - started) * 1000)
         figures.add("reply latency p50 (echo agent)", pct(ours, 50), pct(base, 50), "ms", "<= 1.3x")
