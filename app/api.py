@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.routing import BaseConverter
 
 from app import conversations, events, keys
 from app.auth import authenticate
-from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId, NotFound
+from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
 from app.wiring import get_wiring
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -21,9 +21,20 @@ MAX_CLIENT_MESSAGE_ID = 128
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_TITLE = 200
-MAX_MESSAGE_ID = 2**31 - 1
-"""Message ids are the database's INTEGER (PostgreSQL's is 32-bit)."""
-CONVERSATION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ConversationIdConverter(BaseConverter):
+    """`<cid:...>`: conversation ids are ours (UUIDs). Anything else matches no route, a 404 like
+    any unknown path, so no NUL or odd byte ever reaches the database (PostgreSQL would refuse it
+    with an error). Message ids likewise: `<int(min=1, max=2147483647):...>`, the database's
+    INTEGER, so an id beyond it is a 404, not an overflow."""
+
+    regex = r"[A-Za-z0-9_.-]{1,64}"
+
+
+@bp.record_once
+def _register_converters(state) -> None:
+    state.app.url_map.converters["cid"] = ConversationIdConverter
 
 
 def _user_id() -> int:
@@ -41,14 +52,6 @@ def _session_id(session_id: str) -> str:
     if not keys.is_valid_session_id(session_id):
         raise InvalidSessionId()
     return session_id
-
-
-def _conversation_id(conversation_id: str) -> str:
-    """Conversation ids are ours (UUIDs): anything else names no conversation (no NUL or odd
-    bytes ever reach the database, which PostgreSQL would refuse with an error)."""
-    if not CONVERSATION_ID_PATTERN.fullmatch(conversation_id):
-        raise NotFound("conversation not found")
-    return conversation_id
 
 
 def _json_object(allowed: set[str]) -> dict:
@@ -136,12 +139,9 @@ def session_events(session_id: str):
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@bp.post("/conversations/<conversation_id>/messages/<int:message_id>/retry")
+@bp.post("/conversations/<cid:conversation_id>/messages/<int(min=1, max=2147483647):message_id>/retry")
 def retry_reply(conversation_id: str, message_id: int):
-    user_id = _user_id()
-    if not 1 <= message_id <= MAX_MESSAGE_ID:  # beyond the database's integer: no such message
-        raise NotFound("message not found")
-    result = conversations.retry_reply(get_wiring(), user_id, _conversation_id(conversation_id), message_id)
+    result = conversations.retry_reply(get_wiring(), _user_id(), conversation_id, message_id)
     return jsonify(result), 202
 
 
@@ -156,22 +156,21 @@ def list_conversations():
     return jsonify(conversations.list_conversations(get_wiring(), user_id, int(raw_limit), cursor))
 
 
-@bp.get("/conversations/<conversation_id>")
+@bp.get("/conversations/<cid:conversation_id>")
 def get_conversation(conversation_id: str):
-    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), _conversation_id(conversation_id)))
+    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), conversation_id))
 
 
-@bp.patch("/conversations/<conversation_id>")
+@bp.patch("/conversations/<cid:conversation_id>")
 def rename_conversation(conversation_id: str):
     user_id = _user_id()
-    conversation_id = _conversation_id(conversation_id)
     body = _json_object({"title"})
     title = _text(body, "title", required=True, max_chars=MAX_TITLE)
     return jsonify(conversations.rename_conversation(get_wiring(), user_id, conversation_id, title.strip()))
 
 
-@bp.delete("/conversations/<conversation_id>")
+@bp.delete("/conversations/<cid:conversation_id>")
 def delete_conversation(conversation_id: str):
     user_id = _user_id()
-    conversations.delete_conversation(get_wiring(), user_id, _conversation_id(conversation_id))
+    conversations.delete_conversation(get_wiring(), user_id, conversation_id)
     return "", 204
