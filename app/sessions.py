@@ -355,17 +355,19 @@ class SessionService:
             last_seen_at_ms=now_ms(),
         ))
 
-    def repair(self, session_id: str, conversation: Conversation) -> bool:
+    def repair(self, session_id: str, conversation: Conversation, *, replacing: str | None) -> bool:
         """Rewrite the tracked key from the database's live conversation. True if written.
 
-        Takes the session lock without waiting: if someone holds it, they are resolving this very
-        session and will write what the database says.
+        `replacing` is the conversation the caller saw tracked (None: the key was missing); every
+        caller has just read it, so it is not read again here. Takes the session lock without
+        waiting: if someone holds it, they are resolving this very session and will write what the
+        database says.
         """
         lock = self.lock(session_id)
         if not lock.acquire():
             return False
         metrics.lock_acquisitions.inc()
-        before = self.tracked_conversation_id(session_id)
+        before = replacing
         written = self._track(lock, conversation)
         metrics.session_key_repairs.inc()
         # A missing key is rebuilt quietly (Redis restarted empty: expected); a key that named
