@@ -13,41 +13,36 @@ from app import defaults
 from app.errors import ConfigurationError
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _setting(environ: Mapping[str, str], name: str, default, parse, kind: str, accept=None, bounds: str = ""):
+    """`name` from the environment, or `default` when unset or empty. A value that `parse` refuses
+    is "NAME must be KIND"; one that `accept` refuses is "NAME must be BOUNDS": one line each,
+    naming the variable and the value."""
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+        raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
+    if accept is not None and not accept(value):
+        raise ConfigurationError(f"{name} must be {bounds}, got {raw!r}")
     return value
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    return _setting(environ, name, default, int, "an integer", lambda v: v >= minimum, f"at least {minimum}")
 
 
 def _float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0.001) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value >= minimum or value == float("inf"):  # `not >=` refuses NaN too
-        raise ConfigurationError(f"{name} must be a finite number of at least {minimum}, got {raw!r}")
-    return value
+    # `minimum <= v < inf` refuses NaN too (every comparison with NaN is false)
+    return _setting(environ, name, default, float, "a number of seconds", lambda v: minimum <= v < float("inf"),
+                    f"a finite number of at least {minimum}")
 
 
 def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[str, ...],
             normalize=str) -> str:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = normalize(raw)
-    if value not in choices:
-        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return value
+    one_of = f"one of {', '.join(choices)}"
+    return _setting(environ, name, default, normalize, one_of, lambda v: v in choices, one_of)
 
 
 MIN_PRODUCTION_KEY_BYTES = 32
