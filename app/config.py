@@ -94,8 +94,29 @@ def masked_url(url: str | None) -> str | None:
     return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
-def dev_stack_env(path: str = STACK_ENV_PATH) -> dict[str, str]:
-    """The running dev stack's URLs (instance/stack.env), or {} when no `make run` runs here."""
+RUN_LOCK_PATH = "instance/run.lock"
+"""Held (flock) by `make run` for its whole life; it dies with the process, even a SIGKILLed one."""
+
+
+def _dev_stack_running(lock_path: str) -> bool:
+    import fcntl
+
+    try:
+        with open(lock_path) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True  # `make run` holds it
+            return False  # nobody does (closing the file drops our probe's lock)
+    except OSError:
+        return False
+
+
+def dev_stack_env(path: str = STACK_ENV_PATH, lock_path: str = RUN_LOCK_PATH) -> dict[str, str]:
+    """The running dev stack's URLs (instance/stack.env), or {} when no `make run` runs here. A
+    stack.env left by a `make run` that was killed (nothing holds its lock) is ignored."""
+    if not _dev_stack_running(lock_path):
+        return {}
     try:
         with open(path) as f:
             pairs = (line.strip().partition("=") for line in f if "=" in line)

@@ -36,9 +36,6 @@ def _project_root() -> Path:
 INSTANCE_DIR = "instance"
 """Beside the working directory, like the default DATABASE_URL (sqlite:///instance/arzani.db)."""
 
-STACK_ENV = "stack.env"
-"""Written into instance/ while `make run` runs: the URLs operator commands started in the same
-directory use when REDIS_URL is not set (app/config.py reads it)."""
 
 
 def _lock_instance(instance: Path):
@@ -46,7 +43,9 @@ def _lock_instance(instance: Path):
     the same SQLite database. The lock dies with the process, even a killed one."""
     import fcntl
 
-    handle = open(instance / "run.lock", "a+")  # noqa: SIM115 - held for the life of the stack
+    from app.config import RUN_LOCK_PATH
+
+    handle = open(instance / Path(RUN_LOCK_PATH).name, "a+")  # noqa: SIM115 - held for the life of the stack
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -183,7 +182,9 @@ def run(web_processes: int, worker_count: int) -> None:
         embedded = EmbeddedRedis()
         embedded.start()
         env["REDIS_URL"] = embedded.url
-    stack_env = instance / STACK_ENV
+    from app.config import STACK_ENV_PATH
+
+    stack_env = instance / Path(STACK_ENV_PATH).name  # the URLs operator commands started here use
     try:
         _migrate(env)  # the Procfile's release: step; an unreachable database is one line
         _write_stack_env(stack_env, env)

@@ -243,10 +243,17 @@ def test_commands_find_the_dev_stack_through_instance_stack_env(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert Settings.from_env().redis_url == redis_url
-    result = CliRunner().invoke(cli, ["env"])
-    assert result.exit_code == 0
-    assert f"export REDIS_URL={redis_url}" in result.output and f"export RQ_REDIS_URL={redis_url}" in result.output
+    import fcntl
+
+    with open(tmp_path / "instance" / "run.lock", "w") as run_lock:  # what a running `make run` holds
+        fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert Settings.from_env().redis_url == redis_url
+        result = CliRunner().invoke(cli, ["env"])
+        assert result.exit_code == 0
+        assert f"export REDIS_URL={redis_url}" in result.output and f"export RQ_REDIS_URL={redis_url}" in result.output
+    # A `make run` SIGKILLed leaves its stack.env behind, but not its lock: the file is ignored.
+    assert Settings.from_env().redis_url is None
+    assert CliRunner().invoke(cli, ["env"]).exit_code == 1
 
 
 def test_without_a_dev_stack_the_error_says_how_to_get_one(tmp_path, monkeypatch):
