@@ -3,6 +3,7 @@ and error codes are compared with /openapi.json and the code."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def test_the_readme_walk_through_works_as_written(make_stack, tmp_path):
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=stack.env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert '"role":"assistant"' in result.stdout.replace(" ", "") or '"assistant"' in result.stdout
-    assert "Echo: \\\"hello\\\"" in result.stdout or 'Echo: \\"hello\\"' in result.stdout
+    conversation = json.loads(result.stdout.splitlines()[0])  # the first curl: the message and its reply
+    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
+    assert conversation["messages"][1]["content"].startswith('Echo: "hello"')
     events = (tmp_path / "events.txt").read_text()
     assert "event: ready" in events and "event: reply" in events
