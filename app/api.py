@@ -129,14 +129,31 @@ def session_status(session_id: str):
     return jsonify(get_wiring().sessions.status(session_id, _user_id()))
 
 
-@bp.get("/sessions/<session_id>/events")
-def session_events(session_id: str):
-    """Server-Sent Events: `token`, `reply` and `failed` events of the session, live."""
-    session_id = _session_id(session_id)
-    get_wiring().sessions.require_owner(session_id, _user_id())
-    stream = events.sse_stream(get_wiring().redis, session_id, get_wiring().settings.sse_max_s)
+def _event_stream(target: events.Log, *, replay: bool) -> Response:
+    wiring = get_wiring()
+    after = events.resume_position(request.headers.get("Last-Event-ID"), request.args.get("after"))
+    stream = events.EventStream(wiring.redis, wiring.event_hub, target, after=after, replay=replay,
+                                max_s=wiring.settings.sse_max_s)
     return Response(stream, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.get("/sessions/<session_id>/events")
+def session_events(session_id: str):
+    """Server-Sent Events of one session (message, start, token, reply, failed), resumable: each
+    carries `id:`, and `Last-Event-ID` or `?after=` resumes exactly after it. Without either, the
+    retained log is replayed first (a reply being written shows at once). A session id nobody has
+    yet is reserved for the caller, so a client can listen before its first message."""
+    session_id = _session_id(session_id)
+    get_wiring().sessions.claim_or_require_owner(session_id, _user_id())
+    return _event_stream(events.session_log(session_id), replay=True)
+
+
+@bp.get("/events")
+def user_events():
+    """Server-Sent Events of the caller's chats (created, renamed, deleted, message, reply,
+    failed), for the sidebars of all their tabs and devices; resumable like a session's."""
+    return _event_stream(events.user_log(_user_id()), replay=False)
 
 
 @bp.post("/conversations/<cid:conversation_id>/messages/<int(min=1, max=2147483647):message_id>/retry")

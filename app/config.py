@@ -167,6 +167,8 @@ class Settings:
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
     agent_timeout_s: float = defaults.AGENT_TIMEOUT_S
     sse_max_s: float = defaults.SSE_MAX_S
+    events_retain_s: float = defaults.EVENTS_RETAIN_S
+    redis_max_connections: int = defaults.REDIS_MAX_CONNECTIONS
     log_level: str = defaults.LOG_LEVEL
     sweep_interval_s: int = defaults.SWEEP_INTERVAL_S
     sweep_after_s: int = defaults.SWEEP_AFTER_S
@@ -217,6 +219,10 @@ class Settings:
             reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", defaults.REPLY_RETRIES, minimum=0),
             job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", defaults.JOB_TIMEOUT_S),
             sse_max_s=_float(environ, "ARZANI_SSE_MAX_S", defaults.SSE_MAX_S),
+            events_retain_s=_float(environ, "ARZANI_EVENTS_RETAIN_S", defaults.EVENTS_RETAIN_S,
+                                   minimum=1.0),
+            redis_max_connections=_int(environ, "ARZANI_REDIS_MAX_CONNECTIONS", defaults.REDIS_MAX_CONNECTIONS,
+                                       minimum=2),
             agent_timeout_s=_float(environ, "ARZANI_AGENT_TIMEOUT", defaults.AGENT_TIMEOUT_S),
             rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",
                                                defaults.RATE_LIMIT if env == "production" else "off")),

@@ -113,8 +113,19 @@ def post_message(
                              jobqueue.reply_job_id(existing.id), False, resolved.how)
     metrics.messages_accepted.inc()
     job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message.id)
+    _announce_message(services, user_id, session_id, resolved, message_json(message))
     return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
                          resolved.how)
+
+
+def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict) -> None:
+    """Tell the session's other tabs (its log) and all the user's tabs (their log); after the commit,
+    so that whoever hears of it can read it."""
+    services.events.session(session_id, "message", message=message)
+    where = {"conversation_id": resolved.conversation_id, "session_id": session_id}
+    if resolved.how == "created":
+        services.events.user(user_id, "created", **where)
+    services.events.user(user_id, "message", **where, message=message)
 
 
 class StaleConversation(Exception):
@@ -275,6 +286,8 @@ def rename_conversation(services: Wiring, user_id: int, conversation_id: str, ti
         conversation = _owned_conversation(db, user_id, conversation_id)
         conversation.title = title
         conversation.updated_at = utcnow()
+    services.events.user(user_id, "renamed", conversation_id=conversation.id, session_id=conversation.session_id,
+                         title=title)
     return conversation_json(conversation)
 
 
@@ -285,6 +298,7 @@ def delete_conversation(services: Wiring, user_id: int, conversation_id: str) ->
         conversation.deleted_at = utcnow()
         session_id = conversation.session_id
     services.sessions.forget(session_id, conversation_id)
+    services.events.user(user_id, "deleted", conversation_id=conversation_id, session_id=session_id)
 
 
 def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id: int) -> dict:
@@ -298,4 +312,8 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
             raise Conflict(f"only a failed message can be retried; this one is {message.status}")
         message.status = MessageStatus.PENDING
     job_id = jobqueue.requeue_reply(services.queue, services.settings, message_id)
-    return {"message": message_json(message), "job_id": job_id}
+    retried = message_json(message)
+    services.events.session(conversation.session_id, "message", message=retried)
+    services.events.user(user_id, "message", conversation_id=conversation.id, session_id=conversation.session_id,
+                         message=retried)
+    return {"message": retried, "job_id": job_id}

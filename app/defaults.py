@@ -57,6 +57,14 @@ SSE_MAX_S = 55.0
 """ARZANI_SSE_MAX_S: an event stream ends after this and the browser reconnects, so no web thread
 is held forever (and proxies with a 60 s idle timeout never cut one)."""
 
+EVENTS_RETAIN_S = 120.0
+"""ARZANI_EVENTS_RETAIN_S: a session's event log (the reply's tokens) is kept this long after the
+reply is attached, so a page that reconnects or reloads just then still resumes exactly."""
+
+REDIS_MAX_CONNECTIONS = 50
+"""ARZANI_REDIS_MAX_CONNECTIONS: Redis connections one process may hold for commands (its event
+streams share one more, for pub/sub); a request beyond it waits for a free one."""
+
 LOG_LEVEL = "INFO"
 """ARZANI_LOG_LEVEL: the level of the `arzani` loggers."""
 

@@ -1,42 +1,407 @@
-"""Live events of a session, for the chat page: reply tokens as the agent writes them, the reply
-once attached, a reply given up on. Workers publish on the pub/sub channel
-`arzani:session:{SID}:events` (a channel, not a key: nothing is stored); the web side relays
-them to the browser as Server-Sent Events. Events are hints: the database stays the truth, and a
-page that misses one reads the conversation again."""
+"""Live events: what the chat page learns without asking, and how it resumes exactly.
+
+Two kinds of event log, each a Redis Stream (a log whose entries have ids) plus a pub/sub channel:
+
+- a session's log, `arzani:session:{SID}:log`: a user message stored (`message`), a generation
+  starting (`start`, whose own id is the generation's epoch), its tokens (`token`), the reply
+  attached (`reply`), a reply given up on (`failed`). Kept while a reply is being written, then
+  expiring `ARZANI_EVENTS_RETAIN_S` after the reply is attached.
+- a user's log, `arzani:user:{UID}:log`: a conversation created, renamed or deleted, a new message,
+  a reply attached or failed, in any of the user's chats (the sidebar of every tab and device).
+
+Appending is one Lua script: XADD, PEXPIRE, and PUBLISH of the new entry (id, type and data) on the
+log's channel. Atomic, so the channel carries the entries in log order, which is what makes the
+reader exact: it subscribes first, reads the log after the client's last id, then takes the
+channel's entries, skipping any id it has already sent. Server-Sent Events carry the entry id as
+`id:`; a reconnecting EventSource sends it back as `Last-Event-ID` (or a client passes `?after=`).
+
+Each web process holds one pub/sub connection (`Hub`) for all its open streams, subscribing to a
+channel while at least one stream wants it: an open stream costs no Redis connection of its own,
+and under gunicorn's gevent worker no thread either (one greenlet).
+
+Events are hints about the database, which stays the truth: a page that is told `reset` (its
+position fell out of the log) reads the conversation again.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from redis import Redis
+from redis.exceptions import RedisError
 
-from app import keys
+from app import defaults, keys
+from app.errors import BadRequest, Unavailable
+
+log = logging.getLogger("arzani.events")
 
 HEARTBEAT_S = 10.0
-"""A comment line this often keeps proxies from closing an idle stream."""
+"""A comment line this often keeps proxies from closing an idle stream and finds closed clients."""
 
-def publish(redis: Redis, session_id: str, event: dict) -> None:
-    redis.publish(keys.events_channel(session_id), json.dumps(event))
+SESSION_LOG_MAXLEN = 20_000
+"""Entries kept in a session's log at most (XADD MAXLEN ~): a reply of 20,000 tokens still resumes
+from its first token; a runaway generation cannot grow the log without bound."""
+
+SESSION_LOG_LIVE_S = 3600
+"""A session's log expires this long after its last entry when no reply attaches (a worker died)."""
+
+USER_LOG_MAXLEN = 1000
+USER_LOG_TTL_S = 86_400
+"""A user's log: the last 1,000 events of a day; a tab away longer is told `reset`."""
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+MAX_QUEUED = 10_000
+"""Entries waiting for one slow stream before it is made to re-read the log instead."""
+
+ID_PATTERN_MAX = 41
+ORIGIN = "0-0"
+
+_APPEND = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+return id
+"""
 
 
-def sse_stream(redis: Redis, session_id: str, max_s: float) -> Iterator[str]:
-    """Server-Sent Events relayed from the session's channel until `max_s` has passed (then the
-    browser's EventSource reconnects: no web thread is held forever)."""
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.events_channel(session_id))
-    try:
-        yield "retry: 1000\nevent: ready\ndata: {}\n\n"
-        end = time.monotonic() + max_s
-        next_beat = time.monotonic() + HEARTBEAT_S
+@dataclass(frozen=True)
+class Log:
+    key: str
+    channel: str
+    maxlen: int
+    ttl_ms: int
+
+
+def session_log(session_id: str) -> Log:
+    return Log(keys.session_log(session_id), keys.events_channel(session_id), SESSION_LOG_MAXLEN,
+               SESSION_LOG_LIVE_S * 1000)
+
+
+def user_log(user_id: int) -> Log:
+    return Log(keys.user_log(user_id), keys.user_events_channel(user_id), USER_LOG_MAXLEN, USER_LOG_TTL_S * 1000)
+
+
+def parse_id(raw: str | None) -> tuple[int, int] | None:
+    """A stream id `MS-SEQ` as a tuple; None if it is not one."""
+    if raw is None or len(raw) > ID_PATTERN_MAX:
+        return None
+    ms, sep, seq = raw.partition("-")
+    if not (sep and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    return int(ms), int(seq)
+
+
+def resume_position(header: str | None, query: str | None) -> str | None:
+    """The position a client resumes after: `?after=` wins over `Last-Event-ID`; BadRequest if it
+    is not a log id (an EventSource only ever sends back ids we gave it)."""
+    raw = query if query is not None else header
+    if raw is None or raw == "":
+        return None
+    if parse_id(raw) is None:
+        raise BadRequest("Last-Event-ID / after must be an event id such as 1764100000000-0")
+    return raw
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+class Publisher:
+    """Appends events to the logs. A failure to append is logged, never raised: the database
+    already holds what the event announces, and pages read it again on `reset` or reconnect."""
+
+    def __init__(self, redis: Redis, retain_s: float = defaults.EVENTS_RETAIN_S):
+        self.redis = redis
+        self.retain_ms = int(retain_s * 1000)
+        self._append = redis.register_script(_APPEND)
+
+    def append(self, target: Log, kind: str, data: dict) -> str | None:
+        try:
+            return self._append(keys=[target.key],
+                                args=[target.maxlen, kind, json.dumps(data), target.ttl_ms, target.channel])
+        except RedisError as error:
+            log.warning("event not appended (Redis unavailable): pages catch up from the database",
+                        extra={"log": target.key, "event": kind, "error": type(error).__name__})
+            return None
+
+    def session(self, session_id: str, kind: str, **data) -> str | None:
+        return self.append(session_log(session_id), kind, {"type": kind, **data})
+
+    def user(self, user_id: int, kind: str, **data) -> str | None:
+        return self.append(user_log(user_id), kind, {"type": kind, **data})
+
+    def settle(self, session_id: str) -> None:
+        """A reply is attached: its session's log is kept `retain_s` more for late readers."""
+        try:
+            self.redis.pexpire(keys.session_log(session_id), self.retain_ms)
+        except RedisError:
+            pass  # the log keeps its live TTL instead
+
+
+class Generation:
+    """One attempt at writing one reply: a `start` event whose id is the attempt's epoch, then its
+    tokens, each naming the epoch. A retry's new epoch tells pages to drop the dead attempt's text.
+    If an append fails, the attempt stops streaming (a page must never show text with a hole in
+    it); the reply still attaches, and its `reply` event carries the whole text."""
+
+    def __init__(self, publisher: Publisher, session_id: str, reply_to: int):
+        self.publisher = publisher
+        self.session_id = session_id
+        self.reply_to = reply_to
+        self.epoch = publisher.session(session_id, "start", reply_to=reply_to)
+        self.broken = self.epoch is None
+
+    def token(self, delta: str) -> None:
+        if self.broken:
+            return
+        appended = self.publisher.session(self.session_id, "token", reply_to=self.reply_to, epoch=self.epoch,
+                                          delta=delta)
+        self.broken = appended is None
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+class _Lost:
+    """Queued to every stream when the hub's connection dropped: re-read the log."""
+
+
+LOST = _Lost()
+
+
+class Subscription:
+    def __init__(self, channel: str):
+        self.channel = channel
+        self.ready = threading.Event()
+        self._signal = threading.Event()
+        self._items: deque = deque()
+
+    def push(self, item) -> None:
+        if len(self._items) >= MAX_QUEUED:
+            self._items.clear()
+            item = LOST  # re-reading the log catches this stream up exactly
+        self._items.append(item)
+        self._signal.set()
+
+    def take(self, timeout: float) -> list:
+        """What arrived, waiting up to `timeout` for something."""
+        if not self._items:
+            self._signal.wait(timeout)
+        self._signal.clear()
+        taken = []
+        while self._items:
+            taken.append(self._items.popleft())
+        return taken
+
+
+class Hub:
+    """One pub/sub connection for all the event streams of this process.
+
+    A background thread (a greenlet under gevent) owns the connection: it subscribes to a channel
+    when its first stream arrives and unsubscribes after its last leaves, and hands each message
+    to the channel's streams. If the connection drops, every stream is told (LOST), and the thread
+    reconnects and subscribes again; each stream then re-reads its log from its position."""
+
+    POLL_S = 0.05
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+        self._lock = threading.Lock()
+        self._subs: dict[str, set[Subscription]] = {}
+        self._confirmed: set[str] = set()
+        self._pending: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self.reconnects = 0
+
+    def subscribe(self, channel: str, timeout: float = SUBSCRIBE_TIMEOUT_S) -> Subscription:
+        """A subscription whose channel is confirmed subscribed; Unavailable if Redis is not there."""
+        sub = Subscription(channel)
+        with self._lock:
+            self._subs.setdefault(channel, set()).add(sub)
+            if channel in self._confirmed:
+                sub.ready.set()
+            else:
+                self._pending.add(channel)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="arzani-event-hub", daemon=True)
+                self._thread.start()
+        if not sub.ready.wait(timeout):
+            self.unsubscribe(sub)
+            raise Unavailable("live events are unavailable (Redis did not answer): retry shortly")
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.channel)
+            if subs is None:
+                return
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.channel]
+                self._pending.add(sub.channel)
+
+    @property
+    def channels(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def _run(self) -> None:
+        pubsub = None
+        backoff = 0.1
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self.redis.pubsub()
+                    with self._lock:
+                        self._confirmed.clear()
+                        self._pending = set(self._subs)
+                self._apply(pubsub)
+                message = pubsub.get_message(timeout=self.POLL_S)
+                while message is not None:
+                    self._handle(message)
+                    message = pubsub.get_message(timeout=0)
+                backoff = 0.1
+            except (RedisError, OSError) as error:
+                log.warning("event hub lost its Redis connection: reconnecting",
+                            extra={"error": type(error).__name__})
+                self.reconnects += 1
+                with self._lock:
+                    self._confirmed.clear()
+                    for subs in self._subs.values():
+                        for sub in subs:
+                            sub.ready.clear()
+                            sub.push(LOST)
+                try:
+                    if pubsub is not None:
+                        pubsub.reset()
+                except (RedisError, OSError):
+                    pass
+                pubsub = None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _apply(self, pubsub) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, set()
+            wanted = [channel for channel in pending if channel in self._subs and channel not in self._confirmed]
+            unwanted = [channel for channel in pending if channel not in self._subs]
+            self._confirmed.difference_update(unwanted)
+        try:
+            if wanted:
+                pubsub.subscribe(*wanted)
+            if unwanted:
+                pubsub.unsubscribe(*unwanted)
+        except BaseException:
+            with self._lock:
+                self._pending.update(wanted + unwanted)
+            raise
+
+    def _handle(self, message: dict) -> None:
+        kind, channel = message.get("type"), message.get("channel")
+        if kind == "subscribe":
+            with self._lock:
+                if channel in self._subs:
+                    self._confirmed.add(channel)
+                    for sub in self._subs[channel]:
+                        sub.ready.set()
+                else:
+                    self._pending.add(channel)  # everyone left while it was being subscribed
+        elif kind == "message":
+            entry_id, _, rest = message["data"].partition("\n")
+            event_type, _, data = rest.partition("\n")
+            with self._lock:
+                subs = list(self._subs.get(channel, ()))
+            for sub in subs:
+                sub.push((entry_id, event_type, data))
+
+
+def frame(entry_id: str | None, event_type: str, data: str) -> str:
+    head = f"id: {entry_id}\n" if entry_id else ""
+    return f"{head}event: {event_type}\ndata: {data}\n\n"
+
+
+class EventStream:
+    """One client's stream of one log: opened (subscribed, caught up) before the response starts,
+    so that an unavailable Redis is a JSON 503, not a broken stream."""
+
+    def __init__(self, redis: Redis, hub: Hub, target: Log, *, after: str | None, replay: bool, max_s: float,
+                 heartbeat_s: float = HEARTBEAT_S):
+        """`after`: the client's position (resume exactly after it). Without one, `replay` sends the
+        whole retained log (a session: the reply being written), else only what comes next (a user)."""
+        self.redis, self.hub, self.target = redis, hub, target
+        self.max_s, self.heartbeat_s = max_s, heartbeat_s
+        self.sub = hub.subscribe(target.channel)
+        try:
+            self.position, self.backlog, self.reset = self._catch_up(after, replay)
+        except RedisError:
+            hub.unsubscribe(self.sub)
+            raise
+
+    def _catch_up(self, after: str | None, replay: bool) -> tuple[str, list, bool]:
+        """(position, entries to send, whether the client must re-read the database first)."""
+        if after is None and not replay:
+            last = self.redis.xrevrange(self.target.key, count=1)
+            return (last[0][0] if last else ORIGIN), [], False
+        if after is None or after == ORIGIN:
+            entries = self.redis.xrange(self.target.key)
+            return (entries[-1][0] if entries else ORIGIN), entries, False
+        entries = self.redis.xrange(self.target.key, min=after)
+        if entries and entries[0][0] == after:
+            entries = entries[1:]  # the client's last entry is still here: nothing was lost after it
+            return (entries[-1][0] if entries else after), entries, False
+        # The position fell out of the log (trimmed, expired, Redis restarted): the client re-reads
+        # the database, then takes what the log still holds. A log made again after it expired
+        # numbers its entries from the clock again, so an old position is never reissued (the log
+        # outlives its last entry by ARZANI_EVENTS_RETAIN_S, at least a second).
+        entries = self.redis.xrange(self.target.key)
+        return (entries[-1][0] if entries else ORIGIN), entries, True
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield "retry: 1000\n\n"
+            if self.reset:
+                yield frame(None, "reset", "{}")
+            for entry_id, fields in self.backlog:
+                yield frame(entry_id, fields.get("type", "message"), fields.get("data", "{}"))
+            self.backlog = []
+            yield frame(self.position, "ready", json.dumps({"position": self.position}))
+            yield from self._live()
+        finally:
+            self.hub.unsubscribe(self.sub)
+
+    def close(self) -> None:
+        """Called by the WSGI server when the response ends, even one never iterated."""
+        self.hub.unsubscribe(self.sub)
+
+    def _live(self) -> Iterator[str]:
+        end = time.monotonic() + self.max_s
+        next_beat = time.monotonic() + self.heartbeat_s
+        position = parse_id(self.position)
         while (now := time.monotonic()) < end:
-            message = pubsub.get_message(timeout=min(end - now, next_beat - now, 1.0))
-            if message and message.get("type") == "message":
-                event = json.loads(message["data"])
-                yield f"event: {event.get('type', 'message')}\ndata: {message['data']}\n\n"
-            elif time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + HEARTBEAT_S
+            items = self.sub.take(min(end - now, max(next_beat - now, 0.0)))
+            for item in items:
+                if item is LOST:
+                    if not self.sub.ready.wait(max(end - time.monotonic(), 0.0)):
+                        return  # Redis is still away: the client reconnects, and is told 503 until it is back
+                    try:
+                        self.position, backlog, reset = self._catch_up(self.position, True)
+                    except RedisError:
+                        return
+                    if reset:
+                        yield frame(None, "reset", "{}")
+                    for entry_id, fields in backlog:
+                        yield frame(entry_id, fields.get("type", "message"), fields.get("data", "{}"))
+                    position = parse_id(self.position)
+                    continue
+                entry_id, event_type, data = item
+                entry_position = parse_id(entry_id)
+                if entry_position is None or (position is not None and entry_position <= position):
+                    continue  # already sent from the log
+                position, self.position = entry_position, entry_id
+                yield frame(entry_id, event_type, data)
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat_s
                 yield ": heartbeat\n\n"
-    finally:
-        pubsub.close()

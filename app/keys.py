@@ -37,12 +37,32 @@ def released_channel(session_id: str) -> str:
 
 
 def events_channel(session_id: str) -> str:
-    """Pub/sub channel (not a key) of the session's live events: reply tokens, replies, failures."""
+    """Pub/sub channel (not a key) on which each entry appended to the session's log is announced."""
     return f"{session_key(session_id)}:events"
 
 
+def session_log(session_id: str) -> str:
+    """A Redis Stream: the session's live events (messages, reply tokens with their generation's
+    epoch, replies, failures), kept while a reply is written and briefly after (app/events.py)."""
+    return f"{session_key(session_id)}:log"
+
+
+USER_PREFIX = "arzani:user:"
+
+
+def user_log(user_id: int) -> str:
+    """A Redis Stream: the user's events across all their chats (created, renamed, deleted, message,
+    reply, failed), for the sidebar of every tab and device."""
+    return f"{USER_PREFIX}{{{int(user_id)}}}:log"
+
+
+def user_events_channel(user_id: int) -> str:
+    """Pub/sub channel (not a key) announcing each entry appended to the user's log."""
+    return f"{USER_PREFIX}{{{int(user_id)}}}:events"
+
+
 def session_id_from_key(key: str) -> str | None:
-    """`arzani:session:{SID}` -> SID; None for the lock and fence keys or anything else."""
+    """`arzani:session:{SID}` -> SID; None for the lock, fence and log keys or anything else."""
     if key.startswith(PREFIX + "{") and key.endswith("}"):
         return key[len(PREFIX) + 1 : -1]
     return None

@@ -393,6 +393,21 @@ class SessionService:
             owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id))
             ensure_owner(owners, user_id, known=True)
 
+    def claim_or_require_owner(self, session_id: str, user_id: int) -> None:
+        """For a client about to use a session: NotFound if it is another user's (exactly like
+        require_owner); an id nobody has yet is reserved for `user_id`, so that listening before
+        the first message works and nobody else can then use (or listen to) that id."""
+        owner = self.redis.hget(keys.session_key(session_id), "user_id")
+        if owner is None:
+            with self.db.read() as db:
+                owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id)).all()
+            if owners:
+                ensure_owner(owners, user_id)
+                return
+            self.reserve(session_id, user_id)  # HSETNX: of two racing claims the first stays
+            owner = self.redis.hget(keys.session_key(session_id), "user_id")
+        ensure_owner([int(owner)] if owner is not None else [], user_id, known=True)
+
     def known(self, session_id: str) -> bool:
         """Whether Redis tracks the session or the database has a conversation of it (even deleted)."""
         if self.redis.exists(keys.session_key(session_id)):

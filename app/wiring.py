@@ -12,9 +12,9 @@ from __future__ import annotations
 from functools import cached_property
 
 from flask import Flask, current_app
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 
-from app import defaults, jobqueue
+from app import defaults, events, jobqueue
 from app.config import Settings
 from app.db import Database
 from app.errors import ConfigurationError
@@ -71,13 +71,19 @@ class Wiring:
         return url
 
     def _redis_client(self, url: str | None, *, decode_responses: bool) -> Redis:
-        return Redis.from_url(
+        # A bounded pool: under gunicorn's gevent worker thousands of requests (event streams
+        # connecting at once) could otherwise open a connection each. Beyond the bound a command
+        # waits for a free connection (up to the socket timeout), it does not fail.
+        pool = BlockingConnectionPool.from_url(
             self._redis_url(url),
+            max_connections=self.settings.redis_max_connections,
+            timeout=REDIS_SOCKET_TIMEOUT_S,
             decode_responses=decode_responses,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
             health_check_interval=30,
         )
+        return Redis(connection_pool=pool)
 
     @cached_property
     def sessions(self) -> SessionService:
@@ -97,6 +103,15 @@ class Wiring:
         if self.settings.redis_cluster:  # the `limits` library's name for a cluster
             url = url.replace("redis://", "redis+cluster://", 1)
         return RateLimiter(url, self.settings.rate_limit)
+
+    @cached_property
+    def events(self) -> events.Publisher:
+        return events.Publisher(self.redis, self.settings.events_retain_s)
+
+    @cached_property
+    def event_hub(self) -> events.Hub:
+        """This process's one pub/sub connection, shared by all its event streams."""
+        return events.Hub(self.redis)
 
     @cached_property
     def queue(self) -> jobqueue.Queue:

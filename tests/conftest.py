@@ -91,8 +91,8 @@ class Api:
     def post(self, path, json=None, **kw):
         return self.client.post(path, json=json, headers=self.headers, **kw)
 
-    def get(self, path, **kw):
-        return self.client.get(path, headers=self.headers, **kw)
+    def get(self, path, headers=None, **kw):
+        return self.client.get(path, headers={**self.headers, **(headers or {})}, **kw)
 
     def patch(self, path, json=None, **kw):
         return self.client.patch(path, json=json, headers=self.headers, **kw)

@@ -2,57 +2,83 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import uuid
-
 import pytest
 
-from app import keys
-from tests.helpers import new_session_id
+from app import events
+from tests.helpers import new_session_id, sse_events
 from workers import agents, jobs
 
 
-def read_events(response, until: str, limit: int = 200) -> list[tuple[str, dict]]:
-    """Parse the SSE body until an event of type `until` (or `limit` events)."""
-    out, event = [], None
-    for raw in response.response:
-        for line in raw.decode().splitlines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:") and event:
-                out.append((event, json.loads(line[5:])))
-                if event == until or len(out) >= limit:
-                    return out
-    return out
-
-
-def subscribed(services, session_id) -> bool:
-    return services.redis.pubsub_numsub(keys.events_channel(session_id))[0][1] >= 1
-
-
-def test_tokens_and_the_reply_reach_the_event_stream(api, services, monkeypatch):
+def test_a_client_listens_before_its_first_message_and_resumes_exactly(api, services):
+    """Subscribe first (no 404 before the first message), then everything in log order with ids;
+    a reconnect with Last-Event-ID (or ?after=) gets exactly what followed."""
     session_id = new_session_id()
-    posted = api.send(session_id, "stream to me").json
     stream = api.get(f"/api/sessions/{session_id}/events", buffered=False)
     assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
-    got = []
-    reader = threading.Thread(target=lambda: got.extend(read_events(stream, until="reply")))
-    reader.start()
-    from tests.helpers import wait_for
-
-    wait_for(lambda: subscribed(services, session_id), 10, "the stream to subscribe")
+    body = iter(stream.response)
+    assert [kind for _, kind, _ in sse_events(body, until="ready")] == ["ready"]
+    posted = api.send(session_id, "stream to me").json
     jobs.reply(posted["message"]["id"])
-    reader.join(10)
+    got = sse_events(body, until="reply")
     stream.close()
-    kinds = [kind for kind, _ in got]
-    assert kinds[0] == "ready" and kinds[-1] == "reply"
-    assert "token" in kinds
-    reply = got[-1][1]
+    kinds = [kind for _, kind, _ in got]
+    assert kinds[:2] == ["message", "start"] and kinds[-1] == "reply" and "token" in kinds
+    assert got[0][2]["message"]["id"] == posted["message"]["id"]
+    epoch = got[1][0]
+    tokens = [data for _, kind, data in got if kind == "token"]
+    assert {data["epoch"] for data in tokens} == {epoch}
+    reply = got[-1][2]
     assert reply["reply_to"] == posted["message"]["id"]
     assert reply["message"]["conversation_id"] == posted["conversation_id"]
-    tokens = "".join(data["delta"] for kind, data in got if kind == "token")
-    assert tokens == reply["message"]["content"]
+    assert "".join(data["delta"] for data in tokens) == reply["message"]["content"]
+    ids = [events.parse_id(entry_id) for entry_id, _, _ in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    resume_from = got[3][0]  # the second token
+    for how in ({"headers": {"Last-Event-ID": resume_from}}, {"query_string": {"after": resume_from}}):
+        again = api.get(f"/api/sessions/{session_id}/events", buffered=False, **how)
+        rest = sse_events(iter(again.response), until="ready")
+        again.close()
+        assert [entry_id for entry_id, _, _ in rest[:-1]] == [entry_id for entry_id, _, _ in got[4:]]
+
+    replayed = api.get(f"/api/sessions/{session_id}/events", buffered=False)
+    assert [entry_id for entry_id, _, _ in sse_events(iter(replayed.response), until="ready")][:-1] == \
+        [entry_id for entry_id, _, _ in got], "a page (re)loaded gets the retained log from its start"
+    replayed.close()
+
+
+def test_the_log_is_kept_a_while_after_the_reply_then_expires(api, services):
+    session_id = new_session_id()
+    posted = api.send(session_id, "keep me briefly").json
+    jobs.reply(posted["message"]["id"])
+    ttl = services.redis.ttl(events.session_log(session_id).key)
+    assert 0 < ttl <= services.settings.events_retain_s
+
+
+def test_a_bad_resume_position_is_a_clear_400(api):
+    session_id = new_session_id()
+    for how in ({"headers": {"Last-Event-ID": "yesterday"}}, {"query_string": {"after": "1-2-3"}}):
+        response = api.get(f"/api/sessions/{session_id}/events", **how)
+        assert response.status_code == 400 and "Last-Event-ID" in response.json["error"]["message"]
+        assert api.get("/api/events", **how).status_code == 400
+
+
+def test_the_user_stream_carries_every_change_of_the_users_chats(api, make_api, services):
+    stream = api.get("/api/events", buffered=False)
+    body = iter(stream.response)
+    assert [kind for _, kind, _ in sse_events(body, until="ready")] == ["ready"]
+    session_id = new_session_id()
+    posted = api.send(session_id, "hello").json
+    conversation_id = posted["conversation_id"]
+    jobs.reply(posted["message"]["id"])
+    assert api.patch(f"/api/conversations/{conversation_id}", json={"title": "Renamed"}).status_code == 200
+    assert api.delete(f"/api/conversations/{conversation_id}").status_code == 204
+    make_api("mallory").send(new_session_id(), "not alice's business")
+    got = sse_events(body, until="deleted")
+    stream.close()
+    assert [kind for _, kind, _ in got] == ["created", "message", "reply", "renamed", "deleted"]
+    assert {data["conversation_id"] for _, _, data in got} == {conversation_id}
+    assert got[3][2]["title"] == "Renamed" and got[2][2]["message"]["role"] == "assistant"
 
 
 def test_someone_elses_session_has_no_stream(make_api):
@@ -60,7 +86,14 @@ def test_someone_elses_session_has_no_stream(make_api):
     session_id = new_session_id()
     alice.send(session_id, "private")
     assert bob.get(f"/api/sessions/{session_id}/events").status_code == 404
-    assert bob.get(f"/api/sessions/{uuid.uuid4().hex}/events").status_code == 404
+    # An id nobody has yet is bob's once he listens to it: alice can then neither use nor hear it.
+    fresh = new_session_id()
+    listening = bob.get(f"/api/sessions/{fresh}/events", buffered=False)
+    assert listening.status_code == 200
+    listening.close()
+    assert alice.send(fresh, "mine?").status_code == 404
+    assert alice.get(f"/api/sessions/{fresh}/events").status_code == 404
+    assert bob.send(fresh, "mine").status_code == 202
 
 
 def test_the_openai_agent_streams_and_sends_the_whole_history(fake_llm):

@@ -174,11 +174,9 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
             _mark_answered(svc, user_message_id)
             return False
         history = _history(db, conversation.id, user_message_id)
-    def stream(delta: str) -> None:
-        events.publish(svc.redis, conversation.session_id,
-                       {"type": "token", "reply_to": user_message_id, "delta": delta})
-
-    text = agent.reply(conversation.id, history, on_token=stream)
+    # A new epoch in the session's event log: pages drop any text of an earlier attempt at this reply.
+    generation = events.Generation(svc.events, conversation.session_id, user_message_id)
+    text = agent.reply(conversation.id, history, on_token=generation.token)
     now = utcnow()
     try:
         with svc.db.write() as db:
@@ -201,8 +199,11 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
         _mark_answered(svc, user_message_id)
         return False
     metrics.replies_attached.inc()
-    events.publish(svc.redis, conversation.session_id,
-                   {"type": "reply", "reply_to": user_message_id, "message": message_json(reply_message)})
+    attached = message_json(reply_message)
+    svc.events.session(conversation.session_id, "reply", reply_to=user_message_id, message=attached)
+    svc.events.settle(conversation.session_id)
+    svc.events.user(conversation.user_id, "reply", conversation_id=conversation.id,
+                    session_id=conversation.session_id, message=attached)
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
                                       "session_id": conversation.session_id,
                                       "proc": process_name(svc.process_kind)})
@@ -228,12 +229,14 @@ def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
             .values(status=MessageStatus.FAILED)
         ).rowcount
-        session_id = db.scalar(select(Conversation.session_id).join(Message, Message.conversation_id == Conversation.id)
-                               .where(Message.id == message_id))
+        conversation = db.scalar(select(Conversation).join(Message, Message.conversation_id == Conversation.id)
+                                 .where(Message.id == message_id))
     if changed:
         metrics.reply_failures.inc()
-    if changed and session_id:
-        events.publish(svc.redis, session_id, {"type": "failed", "message_id": message_id})
+    if changed and conversation is not None:
+        svc.events.session(conversation.session_id, "failed", message_id=message_id)
+        svc.events.user(conversation.user_id, "failed", conversation_id=conversation.id,
+                        session_id=conversation.session_id, message_id=message_id)
     log.error("reply failed for good: message marked failed",
               extra={"message_id": message_id, "job_id": job.id, "changed": changed,
                      "error": exc_type.__name__ if exc_type else None})
