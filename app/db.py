@@ -10,6 +10,7 @@ between (busy_timeout does not apply to that upgrade): "database is locked" in a
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,12 @@ class Database:
         self._write = sessionmaker(
             self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        # SQLite: one write transaction at a time within this process, queued here. Under gunicorn's
+        # gevent worker a writer that yields inside its transaction (any socket call) would
+        # otherwise let a second greenlet of the same process wait for SQLite's lock in C, which
+        # blocks the whole process, the first writer included, until busy_timeout. (Made after
+        # the worker's monkey-patching, so it is a greenlet-aware lock there.)
+        self._write_lock = threading.RLock() if self.is_sqlite else None
         _dispose_after_fork(self.engine)
 
     @property
@@ -102,7 +109,11 @@ class Database:
     def write(self) -> Iterator[Session]:
         """`with db.write() as session:` a session whose transaction is a write transaction from
         its first statement. Commits when the block ends, rolls back if it raises."""
-        with self._write() as session, session.begin():
+        if self._write_lock is None:
+            with self._write() as session, session.begin():
+                yield session
+            return
+        with self._write_lock, self._write() as session, session.begin():
             yield session
 
     def create_all(self) -> None:

@@ -25,6 +25,23 @@ def _error(description: str) -> dict:
     return {"description": description, **_json(_ref("Error"))}
 
 
+EVENT_STREAM = {"description": "an event stream; each event's data is JSON",
+                "content": {"text/event-stream": {"schema": {
+                    "type": "object", "required": ["event", "data"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                        "event": {"type": "string",
+                                  "enum": ["ready", "reset", "message", "start", "token", "reply", "failed",
+                                           "created", "renamed", "deleted"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "retry": {"type": "integer"}}}}}}
+RESUME_PARAMS = [
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "the id of the last event received: the stream resumes exactly after it"},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "like Last-Event-ID (and preferred over it)"},
+]
+
 ERRORS = {
     "400": _error("malformed JSON, a bad session id, a bad query parameter"),
     "401": _error("no bearer token and no cookie, or an unknown or revoked token"),
@@ -145,19 +162,23 @@ PATHS = {
                               **_errors("400", "401", "404", "429", "503")}},
     },
     "/api/sessions/{session_id}/events": {
-        "get": {"summary": "Live events of the session as Server-Sent Events: `token` (a piece of a reply "
-                           "being written), `reply` (the reply attached), `failed` (a reply given up on); "
-                           "the stream ends after about a minute and EventSource reconnects",
-                "parameters": [SID_PARAM],
-                "responses": {"200": {"description": "an event stream; each event's data is JSON",
-                                      "content": {"text/event-stream": {"schema": {
-                                          "type": "object", "required": ["event", "data"],
-                                          "properties": {
-                                              "event": {"type": "string",
-                                                        "enum": ["ready", "token", "reply", "failed"]},
-                                              "data": {"type": "string", "contentMediaType": "application/json"},
-                                              "retry": {"type": "integer"}}}}}},
-                              **_errors("400", "401", "404", "429", "503")}},
+        "get": {"summary": "Live events of the session as Server-Sent Events, resumable: `message` (a user "
+                           "message stored), `start` (a reply being written; its id is the attempt's epoch), "
+                           "`token` (a piece of it), `reply` (attached), `failed`; `reset` (re-read the "
+                           "conversation) and `ready` (caught up). Each event has an `id:`; Last-Event-ID or "
+                           "`?after=` resumes exactly after it, and without either the retained log is "
+                           "replayed. A session id nobody has yet is reserved for the caller. The stream "
+                           "ends after about a minute and EventSource reconnects",
+                "parameters": [SID_PARAM, *RESUME_PARAMS],
+                "responses": {"200": EVENT_STREAM, **_errors("400", "401", "404", "429", "503")}},
+    },
+    "/api/events": {
+        "get": {"summary": "Live events of all the caller's chats as Server-Sent Events, resumable like a "
+                           "session's: `created`, `renamed`, `deleted`, `message`, `reply`, `failed` (each "
+                           "with conversation_id and session_id), `reset`, `ready`. Without a position it "
+                           "starts at the present",
+                "parameters": RESUME_PARAMS,
+                "responses": {"200": EVENT_STREAM, **_errors("400", "401", "429", "503")}},
     },
     "/api/conversations/{conversation_id}/messages/{message_id}/retry": {
         "post": {"summary": "Try again to answer a failed user message",

@@ -1,5 +1,5 @@
 """The real stack as separate OS processes, for tests whose claim is about processes:
-gunicorn (several workers and threads) and stock `rq worker` processes, against a RedisServer and
+gunicorn (several gevent workers) and stock `rq worker` processes, against a RedisServer and
 a database the test owns. Every process started here is stopped by `close()`."""
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start_web(self, workers: int = 4, threads: int = 4) -> str:
+    def start_web(self, workers: int = 2) -> str:
+        """gunicorn as the Procfile runs it (the gevent worker class), `workers` processes."""
         self.port = free_port()
         # --graceful-timeout 1: an open event stream (the chat page) must not hold up the stop
-        self._spawn("web", [str(BIN / "gunicorn"), "--workers", str(workers), "--threads", str(threads),
-                            "--graceful-timeout", "1", "--no-control-socket",
+        self._spawn("web", [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(workers),
+                            "--worker-connections", "1000", "--graceful-timeout", "1", "--no-control-socket",
                             "--bind", f"127.0.0.1:{self.port}", "app:create_app()"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

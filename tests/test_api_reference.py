@@ -49,9 +49,16 @@ def test_message_fields_and_statuses_are_the_schemas(client):
 
 
 def test_event_names_are_the_streams(client):
-    events = client.get("/openapi.json").json["paths"]["/api/sessions/{session_id}/events"]["get"]
-    enum = events["responses"]["200"]["content"]["text/event-stream"]["schema"]["properties"]["event"]["enum"]
-    assert {row[0] for row in table("## Live events")} == set(enum)
+    """The table, the OpenAPI enum and the events the code appends are the same names."""
+    paths = client.get("/openapi.json").json["paths"]
+    for path in ("/api/sessions/{session_id}/events", "/api/events"):
+        events = paths[path]["get"]
+        enum = events["responses"]["200"]["content"]["text/event-stream"]["schema"]["properties"]["event"]["enum"]
+        assert {row[0] for row in table("## Live events")} == set(enum)
+    source = "".join(path.read_text() for folder in ("app", "workers")
+                     for path in (REFERENCE.parents[1] / folder).glob("*.py"))
+    appended = set(re.findall(r'\.(?:session|user)\([^,]+, "(\w+)"', source)) | {"start", "token", "ready", "reset"}
+    assert appended == set(enum)
 
 
 def test_every_error_code_a_client_can_get_is_listed():
@@ -83,7 +90,7 @@ def test_the_readme_walk_through_works_as_written(make_stack, tmp_path):
     readme = (REFERENCE.parents[1] / "README.md").read_text()
     block = readme.split("<!-- walk-through:")[1].split("```sh\n", 1)[1].split("```", 1)[0]
     stack = make_stack()
-    stack.start_web(workers=1, threads=4)
+    stack.start_web(workers=1)
     stack.start_worker("worker", "-c", "workers.rq_settings")
     script = block.replace("localhost:5000", f"127.0.0.1:{stack.port}").replace(".venv/bin/", f"{BIN}/")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=stack.env, cwd=tmp_path,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(make_stack, tmp_path):
     stack = make_stack(ARZANI_SSE_MAX_S="0.2")
-    stack.start_web(workers=2, threads=2)
+    stack.start_web(workers=2)
     token = stack.create_user("fuzzer")
     result = subprocess.run(
         [str(BIN / "schemathesis"), "run", f"{stack.url}/openapi.json",

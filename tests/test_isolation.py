@@ -50,6 +50,10 @@ def test_another_users_things_are_indistinguishable_from_missing_ones(make_api, 
     if method == "post" and path.endswith("/messages"):
         assert absent.status_code == 202  # posting to a new session id is how a chat starts...
         assert foreign.status_code == 404  # ...but a session of someone else's is not for taking
+    elif path.endswith("/events"):
+        assert absent.status_code == 200  # listening before the first message claims a new id...
+        absent.close()
+        assert foreign.status_code == 404  # ...but not someone else's
     else:
         assert (foreign.status_code, foreign.json) == (absent.status_code, absent.json)
         assert foreign.status_code == 404

@@ -31,7 +31,7 @@ def test_metrics_add_up_across_web_processes_and_work_horses(make_stack, tmp_pat
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     stack = make_stack(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    stack.start_web(workers=3, threads=2)
+    stack.start_web(workers=3)
     token = stack.create_user("metered")
     for name in ("w1", "w2"):
         stack.start_worker(name, "-c", "workers.rq_settings")

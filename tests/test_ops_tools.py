@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def deployment(make_stack):
     stack = make_stack()
-    stack.start_web(workers=1, threads=2)
+    stack.start_web(workers=1)
     token = stack.create_user("ops")
     stack.start_worker("ops-worker", "-c", "workers.rq_settings")
     for n in range(3):

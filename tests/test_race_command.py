@@ -18,7 +18,7 @@ def run_race(stack, token: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_race_reports_one_conversation_per_session_and_every_reply(make_stack):
     stack = make_stack()
-    stack.start_web(workers=4, threads=4)
+    stack.start_web(workers=4)
     token = stack.create_user("racer")
     stack.start_worker("w1", "-c", "workers.rq_settings")
     stack.start_worker("w2", "-c", "workers.rq_settings")
@@ -36,7 +36,7 @@ def test_race_reports_one_conversation_per_session_and_every_reply(make_stack):
 @pytest.mark.slow
 def test_race_exits_non_zero_when_the_server_refuses(make_stack):
     stack = make_stack()
-    stack.start_web(workers=1, threads=2)
+    stack.start_web(workers=1)
     result = run_race(stack, "not-a-token", "-n", "1", "-m", "1", "-k", "2", "--reply-timeout", "1")
     assert result.returncode == 1
     assert "401" in result.stdout + result.stderr

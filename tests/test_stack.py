@@ -19,7 +19,7 @@ def stack(make_stack):
 
 
 def test_concurrent_first_messages_over_http_make_one_conversation_and_one_reply_each(stack):
-    stack.start_web(workers=4, threads=4)
+    stack.start_web(workers=4)
     # No control socket: gunicorn's default path is one per user, shared by every instance (one
     # stack's shutdown removed another's).
     assert "Control socket" not in stack.log("web")

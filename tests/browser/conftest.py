@@ -47,7 +47,7 @@ def browser():
 
 
 def _serving(stack):
-    stack.start_web(workers=2, threads=8)
+    stack.start_web(workers=2)
     stack.start_worker("worker", "--with-scheduler", "-c", "workers.rq_settings")
     return stack
 

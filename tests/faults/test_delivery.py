@@ -48,7 +48,7 @@ def test_an_enqueue_refused_after_commit_is_answered_anyway(api, services, worke
 @pytest.mark.slow
 def test_a_client_retrying_after_a_timeout_makes_one_message_and_one_job(settings, services, api, make_stack):
     stack = make_stack(settings.database_url)
-    stack.start_web(workers=2, threads=4)
+    stack.start_web(workers=2)
     session_id, body = new_session_id(), {"content": "did you get this?", "client_message_id": "cm-7"}
     path = f"/api/sessions/{session_id}/messages"
     # The client sends, then gives up before reading the answer (its timeout fired)...
