@@ -4,7 +4,7 @@
 import { api, enc } from "./api.js";
 import { bindComposer } from "./composer.js";
 import { bindRetry, render, resetPane, showError, updateBadge } from "./pane.js";
-import { loadConversation, retryReply, stopWatching } from "./replies.js";
+import { followChats, loadConversation, retryReply, stopWatching } from "./replies.js";
 import { bindSidebar, markActive, refreshSidebar } from "./sidebar.js";
 import { state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";
@@ -56,6 +56,7 @@ async function start() {
     if (document.visibilityState === "visible" && !state.renaming) refreshSidebar().catch(() => {});
   });
 
+  followChats(); // the sidebar follows every tab and device of this identity from now on
   try {
     await resume();
   } catch (error) {

@@ -27,7 +27,10 @@ export function showError(error, from = "action") {
 export function resetPane({ title, streaming = false } = {}) {
   state.server = [];
   state.confirmed.clear();
-  if (streaming) state.streaming.clear();
+  if (streaming) {
+    state.streaming.clear();
+    state.epochs.clear();
+  }
   mergeMessages();
   if (title !== undefined) state.title = title;
 }

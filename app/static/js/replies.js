@@ -5,7 +5,7 @@ import { api, enc } from "./api.js";
 import { render, resetPane, showError } from "./pane.js";
 import { refreshSidebar } from "./sidebar.js";
 import { awaitingReply, mergeMessages, replyState, state } from "./state.js";
-import { BACKSTOP_POLL_MS, POLL_MS, Poller, ReplyStream } from "./stream.js";
+import { BACKSTOP_POLL_MS, idAfter, LiveStream, POLL_MS, Poller } from "./stream.js";
 import { synchronizer } from "./synchronizer.js";
 
 // Resolves to true once the open chat is shown, false if the answer was stale (dropped).
@@ -52,14 +52,55 @@ const poller = new Poller(async () => {
   if (await loadConversation() && replyState() !== before) await afterReply();
 });
 
-const stream = new ReplyStream({
+function answered(userMessageId) {
+  return state.messages.some((m) => (m.id === userMessageId && m.status === "answered") ||
+                                    (m.role === "assistant" && m.reply_to === userMessageId));
+}
+
+// The open chat's session log: its messages, each reply's attempts (`start`: a new epoch, whose
+// text replaces any earlier attempt's), their tokens, the reply, a failure.
+const stream = new LiveStream(["message", "start", "token", "reply", "failed"], {
   ready: () => { loadConversation().catch((error) => showError(error, "poll")); }, // anything before we listened
+  reset: () => {
+    console.info("Session synchronization: reset (the event log moved on; reading the conversation again)",
+                 { session_id: synchronizer.sessionId });
+    state.streaming.clear();
+    state.epochs.clear();
+    loadConversation().catch((error) => showError(error, "poll"));
+  },
+  message: (data) => {
+    const message = data.message;
+    if (!message || typeof message.id !== "number") return;
+    if (message.conversation_id !== synchronizer.conversationId) {
+      if (synchronizer.pendingSends > 0) return; // our own send: its answer names the conversation
+      synchronizer.setConversation(message.conversation_id); // another tab started this chat
+      loadConversation().catch((error) => showError(error, "poll"));
+      return;
+    }
+    if (state.server.some((m) => m.id === message.id)) { // retried in another tab: read it again
+      loadConversation().catch((error) => showError(error, "poll"));
+      return;
+    }
+    state.confirmed.set(message.id, message);
+    mergeMessages();
+    render();
+  },
+  start: (data, id) => {
+    if (typeof data.reply_to !== "number" || answered(data.reply_to)) return;
+    state.epochs.set(data.reply_to, id);
+    state.streaming.set(data.reply_to, "");
+    render();
+  },
   token: (data) => {
     if (typeof data.reply_to !== "number" || typeof data.delta !== "string") return;
-    // The stream is the open session's: a token may come before its message is shown (kept
-    // until it is), never for a message already answered.
-    if (state.messages.some((m) => (m.id === data.reply_to && m.status === "answered") ||
-                                   (m.role === "assistant" && m.reply_to === data.reply_to))) return;
+    // A token may come before its message is shown (kept until it is), never for one answered.
+    if (answered(data.reply_to)) return;
+    const epoch = state.epochs.get(data.reply_to);
+    if (epoch !== data.epoch) {
+      if (epoch && !idAfter(data.epoch, epoch)) return; // an attempt already replaced
+      state.epochs.set(data.reply_to, data.epoch); // a newer attempt: its text replaces the other's
+      state.streaming.set(data.reply_to, "");
+    }
     state.streaming.set(data.reply_to, (state.streaming.get(data.reply_to) || "") + data.delta);
     render();
   },
@@ -68,6 +109,7 @@ const stream = new ReplyStream({
     if (message && message.conversation_id === synchronizer.conversationId) {
       state.confirmed.set(message.id, message);
       state.streaming.delete(message.reply_to);
+      state.epochs.delete(message.reply_to);
       mergeMessages();
       render();
     }
@@ -75,10 +117,58 @@ const stream = new ReplyStream({
   },
   failed: (data) => {
     state.streaming.delete(data.message_id);
+    state.epochs.delete(data.message_id);
     settle();
   },
   lost: () => watchReplies(),
 });
+
+// Every chat of this identity, for the sidebar: created, renamed, deleted, a message, a reply, a
+// failure, in this tab or any other tab or device. The open chat is read again when it is concerned.
+const SIDEBAR_EVENTS = ["created", "renamed", "deleted", "message", "reply", "failed"];
+let sidebarTimer = null;
+
+function refreshSidebarSoon() {
+  if (sidebarTimer !== null) return; // a burst of events is one refresh
+  sidebarTimer = setTimeout(() => {
+    sidebarTimer = null;
+    refreshSidebar().catch((error) => showError(error, "poll"));
+  }, 50);
+}
+
+function userEvent(type) {
+  return (data) => {
+    console.info(`Session synchronization: ${type}`, { conversation_id: data.conversation_id,
+                                                     session_id: data.session_id });
+    refreshSidebarSoon();
+    const openSession = data.session_id && data.session_id === synchronizer.sessionId;
+    const openConversation = data.conversation_id && data.conversation_id === synchronizer.conversationId;
+    if (!openSession && !openConversation) return;
+    if (type === "deleted") {
+      loadConversation().catch((error) => showError(error, "poll")); // shows it is gone
+      return;
+    }
+    if (openSession && !openConversation && synchronizer.pendingSends === 0) {
+      synchronizer.setConversation(data.conversation_id); // another tab started this chat
+    }
+    if (type === "renamed" || !stream.live) loadConversation().catch((error) => showError(error, "poll"));
+  };
+}
+
+const userStream = new LiveStream(SIDEBAR_EVENTS, {
+  ...Object.fromEntries(SIDEBAR_EVENTS.map((type) => [type, userEvent(type)])),
+  reset: () => {
+    console.info("Session synchronization: reset (reading the chats again)", {});
+    refreshSidebarSoon();
+    loadConversation().catch((error) => showError(error, "poll"));
+  },
+});
+
+export function followChats() {
+  if (userStream.usable) userStream.open("/api/events");
+}
+
+synchronizer.streams = () => ({ chats: userStream.status(), session: stream.status() });
 
 // Watch while a reply is awaited in the open chat; stop when none is.
 export function watchReplies() {
@@ -86,7 +176,7 @@ export function watchReplies() {
     stopWatching();
     return;
   }
-  if (stream.usable) stream.open(synchronizer.sessionId);
+  if (stream.usable) stream.open(`/api/sessions/${enc(synchronizer.sessionId)}/events`);
   poller.start(stream.live ? BACKSTOP_POLL_MS : POLL_MS);
 }
 
@@ -120,5 +210,6 @@ async function afterReply() {
 export async function retryReply(message) {
   await api("POST", `/api/conversations/${enc(message.conversation_id)}/messages/${enc(message.id)}/retry`);
   state.streaming.delete(message.id);
+  state.epochs.delete(message.id);
   await loadConversation();
 }

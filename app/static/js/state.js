@@ -9,6 +9,7 @@ export const state = {
   confirmed: new Map(), // id -> message the server gave us (send answer, reply event) not yet in `server`
   optimistic: [], // user messages on their way: {id: "local-…", sessionId, role, content, status: "sending"}
   streaming: new Map(), // user message id -> reply text written so far (token events)
+  epochs: new Map(), // user message id -> the id of the `start` event of the attempt being shown
   messages: [], // server + confirmed, merged
   title: "New chat",
   // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
@@ -38,7 +39,10 @@ export function mergeMessages() {
   state.messages = merged.map((m) => (m.role === "user" && m.status === "pending" && replied.has(m.id)
     ? { ...m, status: "answered" } : m));
   for (const m of state.messages) {
-    if (m.role === "user" && m.status !== "pending") state.streaming.delete(m.id);
+    if (m.role === "user" && m.status !== "pending") {
+      state.streaming.delete(m.id);
+      state.epochs.delete(m.id);
+    }
   }
 }
 

@@ -1,7 +1,7 @@
-// The two interchangeable sources of "something changed" in the open chat: a poller (runs a tick
-// every interval while wanted, backing off on failures and honouring Retry-After) and an event
-// stream (Server-Sent Events: tokens as they are written, the reply, a failure). The poller alone
-// is enough; with the stream live it only backs it up, slower. replies.js drives both.
+// The sources of "something changed": a poller (runs a tick every interval while wanted, backing
+// off on failures and honouring Retry-After) and resumable event streams (Server-Sent Events: the
+// open chat's tokens and replies; every chat's changes for the sidebar). The poller alone is
+// enough; with a stream live it only backs it up, slower. replies.js drives them.
 import { enc } from "./api.js";
 import { showError } from "./pane.js";
 
@@ -57,53 +57,83 @@ export class Poller {
   }
 }
 
-// handlers: ready(), token(data), reply(data), failed(data), lost()
-export class ReplyStream {
-  constructor(handlers) {
+// An EventSource that resumes exactly: it follows one event log (a session's, or the user's) and
+// keeps the id of the last event it received. The browser's own reconnects send that id back as
+// Last-Event-ID; when the stream must be opened anew (the server refused a reconnect: a restart,
+// a 503, a 429), `?after=` carries it. open() of another log starts afresh (a session's log is
+// then replayed from its start, so the page rebuilds a reply being written from its first token).
+// handlers: one per event name, called with (data, id); ready and reset always; lost() on errors.
+export class LiveStream {
+  constructor(names, handlers) {
+    this.names = ["ready", "reset", ...names];
     this.handlers = handlers;
     this.source = null;
-    this.sessionId = null;
+    this.url = null;
+    this.position = null;
     this.live = false;
     this.failures = 0;
+    this.retryTimer = null;
   }
 
-  get usable() { return typeof window.EventSource === "function" && this.failures < 3; }
+  get usable() { return typeof window.EventSource === "function"; }
 
-  open(sessionId) {
-    if (this.source && this.sessionId === sessionId) return;
+  open(url) {
+    if (this.url === url && (this.source || this.retryTimer)) return;
     this.close();
-    const source = new EventSource(`/api/sessions/${enc(sessionId)}/events`);
+    this.url = url;
+    this.position = null;
+    this.connect();
+  }
+
+  connect() {
+    const after = this.position ? `${this.url.includes("?") ? "&" : "?"}after=${enc(this.position)}` : "";
+    const source = new EventSource(this.url + after);
     this.source = source;
-    this.sessionId = sessionId;
-    const on = (name, handler) => source.addEventListener(name, (event) => {
-      if (this.source !== source) return; // a stream of a chat no longer open
-      let data = {};
-      try { data = JSON.parse(event.data || "{}"); } catch { /* a hint only */ }
-      handler(data);
-    });
-    on("ready", () => {
-      this.live = true;
-      this.failures = 0;
-      this.handlers.ready();
-    });
-    on("token", (data) => this.handlers.token(data));
-    on("reply", (data) => this.handlers.reply(data));
-    on("failed", (data) => this.handlers.failed(data));
+    for (const name of this.names) {
+      source.addEventListener(name, (event) => {
+        if (this.source !== source) return; // a stream we closed
+        if (event.lastEventId) this.position = event.lastEventId;
+        let data = {};
+        try { data = JSON.parse(event.data || "{}"); } catch { /* a hint only */ }
+        if (name === "ready") {
+          this.live = true;
+          this.failures = 0;
+        }
+        const handler = this.handlers[name];
+        if (handler) handler(data, event.lastEventId);
+      });
+    }
     source.addEventListener("error", () => {
       if (this.source !== source) return;
-      this.live = false; // EventSource reconnects by itself after a stream ends: poll meanwhile
-      if (source.readyState === EventSource.CLOSED) {
+      this.live = false; // the EventSource reconnects by itself (with Last-Event-ID)...
+      if (source.readyState === EventSource.CLOSED) { // ...unless the server refused: we do, later
+        this.source = null;
         this.failures += 1;
-        this.close();
+        const delay = Math.min(1000 * 2 ** this.failures, 30000);
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = null;
+          if (this.url && !this.source) this.connect();
+        }, delay);
       }
-      this.handlers.lost();
+      if (this.handlers.lost) this.handlers.lost();
     });
   }
 
   close() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     if (this.source) this.source.close();
     this.source = null;
-    this.sessionId = null;
+    this.url = null;
     this.live = false;
   }
+
+  status() { return { url: this.url, live: this.live, position: this.position }; }
+}
+
+// Event ids are Redis Stream ids, "MS-SEQ": true if `a` comes after `b` in the log.
+export function idAfter(a, b) {
+  const [am, as] = String(a).split("-").map(Number);
+  const [bm, bs] = String(b).split("-").map(Number);
+  return am > bm || (am === bm && as > bs);
 }

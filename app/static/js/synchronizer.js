@@ -9,6 +9,7 @@ export const synchronizer = {
   conversationId: null,
   pendingSends: 0,
   listeners: [],
+  streams: null, // () => the event streams' state and positions (replies.js)
 
   start() {
     this.sessionId = storage.get();
@@ -49,7 +50,7 @@ export const synchronizer = {
 
   async getStatus() {
     const page = { session_id: this.sessionId, conversation_id: this.conversationId,
-                   pending_sends: this.pendingSends };
+                   pending_sends: this.pendingSends, streams: this.streams ? this.streams() : null };
     let server = null;
     if (this.sessionId) {
       try {
