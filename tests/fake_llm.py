@@ -24,6 +24,9 @@ class FakeLLM:
         self.gather_timeouts = 0  # requests that waited GATHER_TIMEOUT_S for the others in vain
         self.fail_next = 0  # answer this many requests with HTTP 500
         self.token_delay_s = 0.0  # pause between streamed words (to watch a reply being written)
+        self.pause_after: int | None = None  # stream this many words of each reply, then wait for resume()
+        self.pauses = 0  # streams that reached the pause
+        self.resumes = 0
         self._in_flight = 0
         self._gather = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -61,6 +64,25 @@ class FakeLLM:
 
     def release(self) -> None:
         self._release.set()
+
+    def wait_paused(self, count: int, timeout: float = 60) -> None:
+        """Until `count` streamed replies in all have stopped at `pause_after` words."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: self.pauses >= count, timeout):
+                raise AssertionError(f"expected {count} paused replies, got {self.pauses}")
+
+    def resume(self) -> None:
+        """Let every paused reply go on (and the next `resumes` pauses pass at once)."""
+        with self.arrived:
+            self.resumes = self.pauses
+            self.pause_after = None
+            self.arrived.notify_all()
+
+    def resume_one(self) -> None:
+        """Let the replies paused so far go on; later ones still pause."""
+        with self.arrived:
+            self.resumes = self.pauses
+            self.arrived.notify_all()
 
     def wait_for_requests(self, count: int, timeout: float = 30) -> None:
         with self.arrived:
@@ -112,6 +134,12 @@ class FakeLLM:
                     self.end_headers()
                     words = text.split(" ")
                     for n, word in enumerate(words):
+                        if fake.pause_after is not None and n == fake.pause_after:
+                            with fake.arrived:
+                                fake.pauses += 1
+                                mine = fake.pauses
+                                fake.arrived.notify_all()
+                                fake.arrived.wait_for(lambda mine=mine: fake.resumes >= mine, 120)
                         delta = word if n == 0 else " " + word
                         chunk = {"choices": [{"index": 0, "delta": {"content": delta}}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())

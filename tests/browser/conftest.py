@@ -96,6 +96,15 @@ class ChatPage:
         """GET from the API with this tab's cookie identity."""
         return self.page.evaluate(f"fetch({path!r}).then((r) => r.json())")
 
+    def api_call(self, method: str, path: str, body: dict | None = None):
+        """A call from the page itself (its cookie, same-origin): returns the JSON answer, if any."""
+        return self.page.evaluate(
+            """([method, path, body]) => fetch(path, {method, headers: {"Content-Type": "application/json"},
+                 body: body === null ? undefined : JSON.stringify(body)})
+               .then((r) => { if (!r.ok) throw new Error(`${method} ${path}: ${r.status}`);
+                              return r.status === 204 ? null : r.json(); })""",
+            [method, path, body])
+
     def screenshot(self, name: str):
         ARTIFACTS.mkdir(exist_ok=True)
         self.page.screenshot(path=str(ARTIFACTS / name), full_page=True)
