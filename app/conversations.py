@@ -121,11 +121,10 @@ def post_message(
 def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict) -> None:
     """Tell the session's other tabs (its log) and all the user's tabs (their log); after the commit,
     so that whoever hears of it can read it."""
-    services.events.session(session_id, "message", message=message)
     where = {"conversation_id": resolved.conversation_id, "session_id": session_id}
-    if resolved.how == "created":
-        services.events.user(user_id, "created", **where)
-    services.events.user(user_id, "message", **where, message=message)
+    created = [services.events.to_user(user_id, "created", **where)] if resolved.how == "created" else []
+    services.events.announce(services.events.to_session(session_id, "message", message=message), *created,
+                             services.events.to_user(user_id, "message", **where, message=message))
 
 
 class StaleConversation(Exception):
@@ -313,7 +312,8 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
         message.status = MessageStatus.PENDING
     job_id = jobqueue.requeue_reply(services.queue, services.settings, message_id)
     retried = message_json(message)
-    services.events.session(conversation.session_id, "message", message=retried)
-    services.events.user(user_id, "message", conversation_id=conversation.id, session_id=conversation.session_id,
-                         message=retried)
+    services.events.announce(
+        services.events.to_session(conversation.session_id, "message", message=retried),
+        services.events.to_user(user_id, "message", conversation_id=conversation.id,
+                                session_id=conversation.session_id, message=retried))
     return {"message": retried, "job_id": job_id}

@@ -129,17 +129,34 @@ class Publisher:
             return None
 
     def session(self, session_id: str, kind: str, **data) -> str | None:
-        return self.append(session_log(session_id), kind, {"type": kind, **data})
+        return self.append(*self.to_session(session_id, kind, **data))
 
     def user(self, user_id: int, kind: str, **data) -> str | None:
-        return self.append(user_log(user_id), kind, {"type": kind, **data})
+        return self.append(*self.to_user(user_id, kind, **data))
 
-    def settle(self, session_id: str) -> None:
-        """A reply is attached: its session's log is kept `retain_s` more for late readers."""
+    @staticmethod
+    def to_session(session_id: str, kind: str, **data) -> tuple[Log, str, dict]:
+        return session_log(session_id), kind, {"type": kind, **data}
+
+    @staticmethod
+    def to_user(user_id: int, kind: str, **data) -> tuple[Log, str, dict]:
+        return user_log(user_id), kind, {"type": kind, **data}
+
+    def announce(self, *entries: tuple[Log, str, dict], settle: str | None = None) -> None:
+        """Append several events (to_session, to_user) in one round trip; with `settle` (a session
+        id), also start that session's retention (its reply is attached). A pipeline of EVALs, not
+        of EVALSHAs: redis-py checks a pipeline's scripts with an extra SCRIPT EXISTS round trip
+        on every execute, and Redis caches the compiled script by its hash all the same."""
+        pipe = self.redis.pipeline(transaction=False)  # the logs may be in different cluster slots
+        for target, kind, data in entries:
+            pipe.eval(_APPEND, 1, target.key, target.maxlen, kind, json.dumps(data), target.ttl_ms, target.channel)
+        if settle is not None:
+            pipe.pexpire(keys.session_log(settle), self.retain_ms)
         try:
-            self.redis.pexpire(keys.session_log(session_id), self.retain_ms)
-        except RedisError:
-            pass  # the log keeps its live TTL instead
+            pipe.execute()
+        except RedisError as error:
+            log.warning("events not appended (Redis unavailable): pages catch up from the database",
+                        extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})
 
 
 class Generation:

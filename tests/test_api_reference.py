@@ -57,7 +57,8 @@ def test_event_names_are_the_streams(client):
         assert {row[0] for row in table("## Live events")} == set(enum)
     source = "".join(path.read_text() for folder in ("app", "workers")
                      for path in (REFERENCE.parents[1] / folder).glob("*.py"))
-    appended = set(re.findall(r'\.(?:session|user)\([^,]+, "(\w+)"', source)) | {"start", "token", "ready", "reset"}
+    appended = set(re.findall(r'\.(?:to_)?(?:session|user)\([^,]+, "(\w+)"', source))
+    appended |= {"start", "token", "ready", "reset"}
     assert appended == set(enum)
 
 

@@ -200,10 +200,11 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
         return False
     metrics.replies_attached.inc()
     attached = message_json(reply_message)
-    svc.events.session(conversation.session_id, "reply", reply_to=user_message_id, message=attached)
-    svc.events.settle(conversation.session_id)
-    svc.events.user(conversation.user_id, "reply", conversation_id=conversation.id,
-                    session_id=conversation.session_id, message=attached)
+    svc.events.announce(
+        svc.events.to_session(conversation.session_id, "reply", reply_to=user_message_id, message=attached),
+        svc.events.to_user(conversation.user_id, "reply", conversation_id=conversation.id,
+                           session_id=conversation.session_id, message=attached),
+        settle=conversation.session_id)
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
                                       "session_id": conversation.session_id,
                                       "proc": process_name(svc.process_kind)})
@@ -234,9 +235,10 @@ def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None)
     if changed:
         metrics.reply_failures.inc()
     if changed and conversation is not None:
-        svc.events.session(conversation.session_id, "failed", message_id=message_id)
-        svc.events.user(conversation.user_id, "failed", conversation_id=conversation.id,
-                        session_id=conversation.session_id, message_id=message_id)
+        svc.events.announce(
+            svc.events.to_session(conversation.session_id, "failed", message_id=message_id),
+            svc.events.to_user(conversation.user_id, "failed", conversation_id=conversation.id,
+                               session_id=conversation.session_id, message_id=message_id))
     log.error("reply failed for good: message marked failed",
               extra={"message_id": message_id, "job_id": job.id, "changed": changed,
                      "error": exc_type.__name__ if exc_type else None})

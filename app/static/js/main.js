@@ -4,7 +4,8 @@
 import { api, enc } from "./api.js";
 import { bindComposer } from "./composer.js";
 import { bindRetry, render, resetPane, showError, updateBadge } from "./pane.js";
-import { followChats, loadConversation, retryReply, stopWatching } from "./replies.js";
+import { followChats } from "./chats.js";
+import { loadConversation, retryReply, stopWatching } from "./replies.js";
 import { bindSidebar, markActive, refreshSidebar } from "./sidebar.js";
 import { state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";

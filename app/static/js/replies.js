@@ -123,52 +123,7 @@ const stream = new LiveStream(["message", "start", "token", "reply", "failed"], 
   lost: () => watchReplies(),
 });
 
-// Every chat of this identity, for the sidebar: created, renamed, deleted, a message, a reply, a
-// failure, in this tab or any other tab or device. The open chat is read again when it is concerned.
-const SIDEBAR_EVENTS = ["created", "renamed", "deleted", "message", "reply", "failed"];
-let sidebarTimer = null;
-
-function refreshSidebarSoon() {
-  if (sidebarTimer !== null) return; // a burst of events is one refresh
-  sidebarTimer = setTimeout(() => {
-    sidebarTimer = null;
-    refreshSidebar().catch((error) => showError(error, "poll"));
-  }, 50);
-}
-
-function userEvent(type) {
-  return (data) => {
-    console.info(`Session synchronization: ${type}`, { conversation_id: data.conversation_id,
-                                                     session_id: data.session_id });
-    refreshSidebarSoon();
-    const openSession = data.session_id && data.session_id === synchronizer.sessionId;
-    const openConversation = data.conversation_id && data.conversation_id === synchronizer.conversationId;
-    if (!openSession && !openConversation) return;
-    if (type === "deleted") {
-      loadConversation().catch((error) => showError(error, "poll")); // shows it is gone
-      return;
-    }
-    if (openSession && !openConversation && synchronizer.pendingSends === 0) {
-      synchronizer.setConversation(data.conversation_id); // another tab started this chat
-    }
-    if (type === "renamed" || !stream.live) loadConversation().catch((error) => showError(error, "poll"));
-  };
-}
-
-const userStream = new LiveStream(SIDEBAR_EVENTS, {
-  ...Object.fromEntries(SIDEBAR_EVENTS.map((type) => [type, userEvent(type)])),
-  reset: () => {
-    console.info("Session synchronization: reset (reading the chats again)", {});
-    refreshSidebarSoon();
-    loadConversation().catch((error) => showError(error, "poll"));
-  },
-});
-
-export function followChats() {
-  if (userStream.usable) userStream.open("/api/events");
-}
-
-synchronizer.streams = () => ({ chats: userStream.status(), session: stream.status() });
+export const sessionStream = stream;
 
 // Watch while a reply is awaited in the open chat; stop when none is.
 export function watchReplies() {
