@@ -11,11 +11,15 @@ database (or DATABASE_URL with --database-url), so runs are comparable. Figures:
   enqueue without session resolution;
 - reply latency with the echo agent (p50, p99) against a no-op RQ job, stock rq worker;
 - sidebar page time at 10k and 1M messages;
-- Redis memory per session (MEMORY USAGE).
+- Redis memory per session (MEMORY USAGE);
+- open event streams: POST p99 while 2,000 streams are open against the `make run` web defaults,
+  beside the POST p99 with none; the Redis connections they cost; the largest count that held;
+  the event log's bytes per token and its retention.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -191,27 +195,10 @@ def _post_many(port: int, token: str, path_of, total: int, threads: int) -> floa
 
 
 def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, total: int = 2000) -> None:
-    """gunicorn (4 processes x 4 threads), 16 client threads, messages spread over existing sessions."""
-    from scripts.localservers import free_port
-
-    port = free_port()
-    web = subprocess.Popen([str(BIN / "gunicorn"), "--workers", "4", "--threads", "4", "--graceful-timeout", "1",
-                            "--no-control-socket", "--bind", f"127.0.0.1:{port}",
-                            "scripts.bench_app:create_bench_app()"],
-                           env=env, stdout=_log_file(env), stderr=subprocess.STDOUT)
+    """gunicorn as `make run` starts it (4 gevent processes), 16 client threads, messages spread
+    over existing sessions; the baseline endpoint is served the same way."""
+    web, port = _start_web(env, "scripts.bench_app:create_bench_app()")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise click.ClickException("gunicorn did not start for the ingest bench")
-            time.sleep(0.1)
         session_ids = [uuid.uuid4().hex for _ in range(sessions)]
         conversation_of = {}
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -232,7 +219,7 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
         _post_many(port, token, baseline, min(200, total), 16)
         base_rate = _post_many(port, token, baseline, total, 16)
         our_rate = _post_many(port, token, ours, total, 16)
-        figures.add("ingest under gunicorn (4x4), accepted messages/s", our_rate, base_rate, "msg/s", ">= 0.9x")
+        figures.add("ingest under gunicorn (4 gevent), accepted messages/s", our_rate, base_rate, "msg/s", ">= 0.9x")
         # The load left thousands of reply jobs queued: drop them before anything waits on the queue.
         from rq import Queue
 
@@ -240,6 +227,160 @@ def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, to
     finally:
         web.terminate()
         web.wait(30)
+
+
+def _start_web(env: dict, app: str, workers: int = 4) -> tuple[subprocess.Popen, int]:
+    """gunicorn as the Procfile's `web` runs it with `make run`'s defaults (gevent, 4 processes)."""
+    from scripts.localservers import free_port
+
+    port = free_port()
+    web = subprocess.Popen([str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(workers),
+                            "--worker-connections", "1000", "--graceful-timeout", "1", "--no-control-socket",
+                            "--bind", f"127.0.0.1:{port}", app],
+                           env=env, stdout=_log_file(env), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return web, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            web.terminate()
+            raise click.ClickException(f"gunicorn did not start for the bench; see {env['ARZANI_BENCH_LOG']}")
+        time.sleep(0.1)
+
+
+class StreamHolder:
+    """Holds many open event streams from one asyncio loop in a thread of its own (one thread
+    per stream would measure the bench, not the server)."""
+
+    def __init__(self, port: int, token: str):
+        self.port, self.token = port, token
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.failures: list[str] = []
+
+    async def _open_one(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write((f"GET /api/sessions/{uuid.uuid4().hex}/events HTTP/1.1\r\nHost: bench\r\n"
+                      f"Authorization: Bearer {self.token}\r\n\r\n").encode())
+        await writer.drain()
+        seen = b""
+        while b"event: ready" not in seen:
+            chunk = await asyncio.wait_for(reader.read(4096), 60)
+            if not chunk:
+                raise EOFError(seen[:200].decode(errors="replace"))
+            seen = seen[-4096:] + chunk
+        self.writers.append(writer)
+        self.loop.create_task(self._drain(reader))
+
+    @staticmethod
+    async def _drain(reader: asyncio.StreamReader) -> None:
+        try:
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
+
+    async def _open(self, count: int, batch: int) -> None:
+        for start in range(0, count, batch):
+            results = await asyncio.gather(*(self._open_one() for _ in range(min(batch, count - start))),
+                                           return_exceptions=True)
+            self.failures += [repr(r) for r in results if isinstance(r, BaseException)]
+
+    def open(self, count: int, batch: int = 50) -> int:
+        """Open `count` more streams, each until its `ready`; returns how many are open in all."""
+        asyncio.run_coroutine_threadsafe(self._open(count, batch), self.loop).result(timeout=600)
+        return len(self.writers)
+
+    def close(self) -> None:
+        async def _close():
+            for writer in self.writers:
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(_close(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _post_latencies(port: int, token: str, session_id: str, count: int) -> list[float]:
+    """`count` POSTs one after the other on one keep-alive connection, each timed (ms)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    timings = []
+    for n in range(count):
+        started = time.perf_counter()
+        conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": f"p{n}"}),
+                     headers=headers)
+        response = conn.getresponse()
+        response.read()
+        timings.append((time.perf_counter() - started) * 1000)
+        if response.status not in (200, 202):
+            raise click.ClickException(f"a POST answered {response.status}")
+    conn.close()
+    return timings
+
+
+def bench_open_streams(env: dict, token: str, figures: Figures, counts=(2000, 3000, 3800), posts: int = 400) -> None:
+    """Open event streams held against the Procfile's web with `make run`'s defaults (4 gevent
+    processes x 1,000 connections), while a client POSTs messages one after the other."""
+    from rq import Queue
+
+    web, port = _start_web(env, "app:create_app()")
+    probe = redis.Redis.from_url(env["REDIS_URL"])
+    holder = StreamHolder(port, token)
+    try:
+        session_id = uuid.uuid4().hex
+        _post_latencies(port, token, session_id, 50)  # warm every process
+        base_p99 = pct(_post_latencies(port, token, session_id, posts), 99)
+        base_clients = len(probe.client_list())
+        held = 0
+        for n, count in enumerate(counts):
+            if holder.open(count - len(holder.writers)) < count:
+                click.echo(f"  {count:,} streams: only {len(holder.writers):,} opened "
+                           f"({holder.failures[:1]})", err=True)
+                break
+            p99 = pct(_post_latencies(port, token, session_id, posts), 99)
+            clients = len(probe.client_list())
+            click.echo(f"  {count:,} streams open: POST p99 {p99:.2f} ms, {clients} Redis connections", err=True)
+            if n == 0:
+                figures.add(f"POST p99 with {count:,} open event streams", p99, base_p99, "ms", "<= 1.5x")
+                figures.add(f"Redis connections (4 web processes) with {count:,} streams open", clients, base_clients, "conn",
+                            "a small constant per process")
+            if p99 > 1.5 * base_p99:
+                break
+            held = count
+        figures.add("open event streams held (all ready, POST p99 <= 1.5x)", held, None, "streams",
+                    f">= {counts[0]:,}")
+    finally:
+        holder.close()
+        web.terminate()
+        web.wait(30)
+        Queue(env["ARZANI_QUEUE"], connection=probe).empty()
+        probe.close()
+
+
+def bench_event_log(services, figures: Figures, tokens: int = 1000) -> None:
+    """What one reply's events cost in Redis: MEMORY USAGE of a session's log per token, beside
+    the token's own JSON; and how long the log is kept."""
+    from app import events
+
+    session_id = uuid.uuid4().hex
+    generation = events.Generation(services.events, session_id, reply_to=1)
+    payload = 0
+    for n in range(tokens):
+        delta = f" word{n % 10}"
+        payload += len(json.dumps({"type": "token", "reply_to": 1, "epoch": generation.epoch, "delta": delta}))
+        generation.token(delta)
+    usage = services.redis.memory_usage(events.session_log(session_id).key, samples=0)
+    figures.add("event log: Redis bytes per token", usage / tokens, payload / tokens, "bytes")
+    figures.add("event log: kept after the reply is attached", services.settings.events_retain_s, None, "s")
+    figures.add("event log: entries kept at most (a reply's tokens)", events.SESSION_LOG_MAXLEN, None, "entries")
 
 
 WAIT_LIMIT_S = 60.0
@@ -411,6 +552,10 @@ def bench(quick: bool, smoke: bool) -> None:
         bench_reply_latency(services, client, headers, env, figures, count=5 if smoke else 60)
         click.echo("measuring Redis memory...", err=True)
         bench_memory(services, figures)
+        bench_event_log(services, figures, tokens=100 if smoke else 1000)
+        click.echo("measuring open event streams...", err=True)
+        bench_open_streams(env, token, figures, counts=(50,) if smoke else (2000, 3000, 3800),
+                           posts=30 if smoke else 400)
         click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
         sizes = (1_000, 2_000) if smoke else (10_000, 100_000) if quick else (10_000, 1_000_000)
         bench_sidebar(figures, sizes=sizes)

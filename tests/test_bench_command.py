@@ -19,7 +19,8 @@ def test_bench_prints_every_figure(tmp_path):
     rows = [line for line in result.stdout.splitlines() if line and not line.startswith("figure")]
     names = " | ".join(rows)
     for figure in ("round trips / message", "commands / message", "losers' extra wait p99",
-                   "accepted messages/s", "reply latency p50", "memory per session", "sidebar page"):
+                   "accepted messages/s", "reply latency p50", "memory per session", "sidebar page",
+                   "open event streams", "Redis connections (4 web processes)", "event log: Redis bytes per token"):
         assert figure in names, result.stdout
     assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
     # Quiet: progress lines and the log file's path, not the workers' thousands of lines.
