@@ -350,8 +350,8 @@ def bench_open_streams(env: dict, token: str, figures: Figures, counts=(2000, 30
             click.echo(f"  {count:,} streams open: POST p99 {p99:.2f} ms, {clients} Redis connections", err=True)
             if n == 0:
                 figures.add(f"POST p99 with {count:,} open event streams", p99, base_p99, "ms", "<= 1.5x")
-                figures.add(f"Redis connections (4 web processes) with {count:,} streams open", clients, base_clients, "conn",
-                            "a small constant per process")
+                figures.add(f"Redis connections (4 web processes) with {count:,} streams open", clients,
+                            base_clients, "conn", "a small constant per process")
             if p99 > 1.5 * base_p99:
                 break
             held = count
