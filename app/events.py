@@ -147,7 +147,13 @@ class Publisher:
         id), also start that session's retention (its reply is attached). A pipeline of EVALs, not
         of EVALSHAs: redis-py checks a pipeline's scripts with an extra SCRIPT EXISTS round trip
         on every execute, and Redis caches the compiled script by its hash all the same."""
-        pipe = self.redis.pipeline(transaction=False)  # the logs may be in different cluster slots
+        if _is_cluster(self.redis):  # redis-py's cluster pipeline runs no scripts: one call each
+            for target, kind, data in entries:
+                self.append(target, kind, data)
+            if settle is not None:
+                self.settle(settle)
+            return
+        pipe = self.redis.pipeline(transaction=False)
         for target, kind, data in entries:
             pipe.eval(_APPEND, 1, target.key, target.maxlen, kind, json.dumps(data), target.ttl_ms, target.channel)
         if settle is not None:
@@ -157,6 +163,20 @@ class Publisher:
         except RedisError as error:
             log.warning("events not appended (Redis unavailable): pages catch up from the database",
                         extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})
+
+
+    def settle(self, session_id: str) -> None:
+        """A reply is attached: its session's log is kept `retain_s` more for late readers."""
+        try:
+            self.redis.pexpire(keys.session_log(session_id), self.retain_ms)
+        except RedisError:
+            pass  # the log keeps its live TTL instead
+
+
+def _is_cluster(client) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 class Generation:
@@ -231,6 +251,7 @@ class Hub:
         self._confirmed: set[str] = set()
         self._pending: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.reconnects = 0
 
     def subscribe(self, channel: str, timeout: float = SUBSCRIBE_TIMEOUT_S) -> Subscription:
@@ -260,6 +281,12 @@ class Hub:
                 del self._subs[sub.channel]
                 self._pending.add(sub.channel)
 
+    def close(self) -> None:
+        """Stop the background thread (its process's wiring is being closed)."""
+        self._closed = True
+        if self._thread is not None:
+            self._thread.join(2 * self.POLL_S + 1)
+
     @property
     def channels(self) -> int:
         with self._lock:
@@ -268,7 +295,7 @@ class Hub:
     def _run(self) -> None:
         pubsub = None
         backoff = 0.1
-        while True:
+        while not self._closed:
             try:
                 if pubsub is None:
                     pubsub = self.redis.pubsub()
@@ -299,6 +326,11 @@ class Hub:
                 pubsub = None
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+        if pubsub is not None:
+            try:
+                pubsub.reset()
+            except (RedisError, OSError):
+                pass
 
     def _apply(self, pubsub) -> None:
         with self._lock:

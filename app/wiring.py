@@ -118,6 +118,8 @@ class Wiring:
         return jobqueue.make_queue(self.settings, self.rq_redis)
 
     def close(self) -> None:
+        if "event_hub" in self.__dict__:
+            self.event_hub.close()
         for name in ("redis", "rq_redis"):
             client = self.__dict__.get(name)
             if client is not None:

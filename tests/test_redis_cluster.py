@@ -16,7 +16,7 @@ import redis
 
 from app import keys
 from app.wiring import Wiring
-from tests.helpers import new_session_id
+from tests.helpers import new_session_id, sse_events
 from tests.servers import free_port
 from tests.stack import BIN
 
@@ -134,7 +134,23 @@ def test_the_api_runs_on_the_cluster(cluster_services, run_jobs):
     _, token = create_api_user(cluster_services, "clustered")
     headers = {"Authorization": f"Bearer {token}"}
     session_id = client.post("/api/sessions", headers=headers).json["session_id"]
+    # the live events too: the session's and the user's logs live in different slots
+    session_stream = client.get(f"/api/sessions/{session_id}/events", headers=headers, buffered=False)
+    user_stream = client.get("/api/events", headers=headers, buffered=False)
+    session_events, user_events = iter(session_stream.response), iter(user_stream.response)
+    for events in (session_events, user_events):
+        assert sse_events(events, until="ready")[-1][1] == "ready"
     posted = client.post(f"/api/sessions/{session_id}/messages", json={"content": "hi"}, headers=headers)
     assert posted.status_code == 202
     status = client.get(f"/api/sessions/{session_id}", headers=headers).json
     assert status["consistent"] and status["tracked"]["conversation_id"] == posted.json["conversation_id"]
+    from workers import jobs
+
+    jobs.use_services(Wiring(cluster_services.settings, process_kind="worker"))  # the reply job on the cluster too
+    run_jobs()
+    got = sse_events(session_events, until="reply")
+    assert [kind for _, kind, _ in got][:2] == ["message", "start"]
+    assert "".join(d["delta"] for _, kind, d in got if kind == "token") == got[-1][2]["message"]["content"]
+    assert [kind for _, kind, _ in sse_events(user_events, until="reply")] == ["created", "message", "reply"]
+    session_stream.close()
+    user_stream.close()

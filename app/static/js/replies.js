@@ -77,8 +77,11 @@ const stream = new LiveStream(["message", "start", "token", "reply", "failed"], 
       loadConversation().catch((error) => showError(error, "poll"));
       return;
     }
-    if (state.server.some((m) => m.id === message.id)) { // retried in another tab: read it again
-      loadConversation().catch((error) => showError(error, "poll"));
+    const known = state.server.find((m) => m.id === message.id);
+    if (known) { // replayed from the log; or a failed message retried in another tab: read it again
+      if (known.status === "failed" && message.status === "pending") {
+        loadConversation().catch((error) => showError(error, "poll"));
+      }
       return;
     }
     state.confirmed.set(message.id, message);
