@@ -61,9 +61,11 @@ EVENTS_RETAIN_S = 120.0
 """ARZANI_EVENTS_RETAIN_S: a session's event log (the reply's tokens) is kept this long after the
 reply is attached, so a page that reconnects or reloads just then still resumes exactly."""
 
-REDIS_MAX_CONNECTIONS = 50
-"""ARZANI_REDIS_MAX_CONNECTIONS: Redis connections one process may hold for commands (its event
-streams share one more, for pub/sub); a request beyond it waits for a free one."""
+REDIS_MAX_CONNECTIONS = 10
+"""ARZANI_REDIS_MAX_CONNECTIONS: Redis connections one process may hold for our keys (one of them
+is the pub/sub connection its event streams and lock waiters share), and as many for the queue.
+A command takes a connection for well under a millisecond, so ten serve thousands of requests a
+second; a command beyond them waits for a free one (up to the socket timeout), it does not fail."""
 
 LOG_LEVEL = "INFO"
 """ARZANI_LOG_LEVEL: the level of the `arzani` loggers."""

@@ -359,12 +359,10 @@ class Hub:
                 else:
                     self._pending.add(channel)  # everyone left while it was being subscribed
         elif kind == "message":
-            entry_id, _, rest = message["data"].partition("\n")
-            event_type, _, data = rest.partition("\n")
             with self._lock:
                 subs = list(self._subs.get(channel, ()))
             for sub in subs:
-                sub.push((entry_id, event_type, data))
+                sub.push(message["data"])
 
 
 def frame(entry_id: str | None, event_type: str, data: str) -> str:
@@ -445,7 +443,8 @@ class EventStream:
                         yield frame(entry_id, fields.get("type", "message"), fields.get("data", "{}"))
                     position = parse_id(self.position)
                     continue
-                entry_id, event_type, data = item
+                entry_id, _, rest = item.partition("\n")
+                event_type, _, data = rest.partition("\n")
                 entry_position = parse_id(entry_id)
                 if entry_position is None or (position is not None and entry_position <= position):
                     continue  # already sent from the log
@@ -454,3 +453,43 @@ class EventStream:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat_s
                 yield ": heartbeat\n\n"
+
+
+class HubListener:
+    """One channel's messages through the process's hub (no connection of its own): what a request
+    waiting for a session lock's release listens with in a web process."""
+
+    def __init__(self, hub: Hub, channel: str):
+        self.hub = hub
+        self.sub = hub.subscribe(channel)
+
+    def next_message(self, timeout_s: float) -> str | None:
+        end = time.monotonic() + timeout_s
+        while (left := end - time.monotonic()) > 0:
+            for item in self.sub.take(left):
+                if item is not LOST:
+                    return item
+        return None
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self.sub)
+
+
+class PubSubListener:
+    """The same on a pub/sub connection of its own (workers and commands, which have no hub)."""
+
+    def __init__(self, redis: Redis, channel: str):
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(channel)
+
+    def next_message(self, timeout_s: float) -> str | None:
+        """The next published payload within `timeout_s`, skipping subscribe confirmations."""
+        end = time.monotonic() + timeout_s
+        while (left := end - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=left)
+            if message and message.get("type") == "message":
+                return message["data"]
+        return None
+
+    def close(self) -> None:
+        self.pubsub.close()

@@ -34,7 +34,7 @@ from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import func, select
 
-from app import keys, metrics
+from app import events, keys, metrics
 from app.db import Database
 from app.errors import NotFound, SessionBusy, StaleFence
 from app.locks import FencedLock
@@ -134,8 +134,12 @@ class SessionService:
         lock_ttl_ms: int,
         session_ttl_s: int,
         process_kind: str = "web",
+        hub=None,
     ):
+        """`hub`: the process's events.Hub, if it has one (web): lock waiters then listen for the
+        release through its one connection instead of a pub/sub connection each."""
         self.redis = redis
+        self.hub = hub
         self.db = db
         self.lock_ttl_ms = lock_ttl_ms
         self.session_ttl_ms = session_ttl_s * 1000
@@ -209,25 +213,26 @@ class SessionService:
         # more lets one takeover happen before we give up with a clear 503.
         deadline = time.monotonic() + 2 * self.lock_ttl_ms / 1000 + 1
         started = time.monotonic()
-        pubsub = None
+        listener = None
         try:
             while True:
                 lock = self.lock(session_id)
                 if lock.acquire():
                     metrics.lock_acquisitions.inc()
                     try:
-                        return self._resolve_holding(lock, session_id, user_id, waited=pubsub is not None)
+                        return self._resolve_holding(lock, session_id, user_id, waited=listener is not None)
                     except StaleFence:
                         log.warning(
                             "session lock lost before the conversation was written; waiting for the "
                             "new holder",
                             extra={"session_id": session_id, "proc": process_name(self.process_kind)},
                         )
-                if pubsub is None:
+                if listener is None:
                     # Listen first, then look: a holder that finishes in between is seen by the
                     # look, one that finishes after is heard on the channel. Nothing falls between.
-                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(keys.released_channel(session_id))
+                    channel = keys.released_channel(session_id)
+                    listener = (events.HubListener(self.hub, channel) if self.hub is not None
+                                else events.PubSubListener(self.redis, channel))
                     metrics.lock_waits.inc()
                     log.info(
                         "session lock busy: waiting for its holder",
@@ -243,15 +248,15 @@ class SessionService:
                 lock_left_ms = self.redis.pttl(keys.lock_key(session_id))
                 if lock_left_ms < 0:
                     continue  # released (or never set) between our tries: try again at once
-                announced = _next_message(pubsub, min(remaining, lock_left_ms / 1000 + 0.01))
+                announced = listener.next_message(min(remaining, lock_left_ms / 1000 + 0.01))
                 if announced:
                     conversation_id, _, owner = announced.partition("|")
                     if conversation_id:
                         return self._waited(session_id, conversation_id, int(owner), user_id, started)
                 # The holder failed, died (its lock expired) or we timed out: try to take over.
         finally:
-            if pubsub is not None:
-                pubsub.close()
+            if listener is not None:
+                listener.close()
 
     def _waited(self, session_id: str, conversation_id: str, owner: int | None, user_id: int,
                 started: float) -> ResolvedSession:
@@ -450,14 +455,3 @@ class SessionService:
             "pending_replies": pending,
         }
 
-
-def _next_message(pubsub, timeout_s: float) -> str | None:
-    """The next published payload within `timeout_s`, skipping subscribe confirmations."""
-    end = time.monotonic() + timeout_s
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return None
-        message = pubsub.get_message(timeout=left)
-        if message and message.get("type") == "message":
-            return message["data"]

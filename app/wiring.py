@@ -93,6 +93,7 @@ class Wiring:
             lock_ttl_ms=self.settings.lock_ttl_ms,
             session_ttl_s=self.settings.session_ttl_s,
             process_kind=self.process_kind,
+            hub=self.event_hub if self.process_kind == "web" else None,
         )
 
     @cached_property
