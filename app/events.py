@@ -308,9 +308,12 @@ class Hub:
                     self._handle(message)
                     message = pubsub.get_message(timeout=0)
                 backoff = 0.1
-            except (RedisError, OSError) as error:
-                log.warning("event hub lost its Redis connection: reconnecting",
-                            extra={"error": type(error).__name__})
+            except Exception as error:  # noqa: BLE001 - whatever it was, the streams must hear of it
+                if isinstance(error, (RedisError, OSError)):
+                    log.warning("event hub lost its Redis connection: reconnecting",
+                                extra={"error": type(error).__name__})
+                else:
+                    log.exception("event hub failed: starting over")
                 self.reconnects += 1
                 with self._lock:
                     self._confirmed.clear()

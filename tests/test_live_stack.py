@@ -55,8 +55,8 @@ class SSE:
         self.conn.close()
 
 
-def test_hundreds_of_open_streams_hold_no_thread_and_no_redis_connection_each(make_stack, redis_url):
-    stack = make_stack()
+def test_hundreds_of_open_streams_hold_no_thread_and_no_redis_connection_each(make_stack, redis_url, database_url):
+    stack = make_stack(database_url)
     stack.init_db()
     stack.start_web(workers=WEB_WORKERS)
     token = stack.create_user("many-tabs")
@@ -102,10 +102,10 @@ def test_hundreds_of_open_streams_hold_no_thread_and_no_redis_connection_each(ma
     probe.close()
 
 
-def test_a_stream_resumes_across_web_processes_with_last_event_id(make_stack):
+def test_a_stream_resumes_across_web_processes_with_last_event_id(make_stack, database_url):
     """A reply's events read through one stream, which is then dropped; a new connection (to
     whichever process) with Last-Event-ID gets exactly what followed, and a worker's reply too."""
-    stack = make_stack()
+    stack = make_stack(database_url)
     stack.init_db()
     stack.start_web(workers=WEB_WORKERS)
     token = stack.create_user("resumer")

@@ -80,10 +80,16 @@ def test_two_tabs_on_one_chat_render_the_same_streamed_reply(live_llm, fake_llm,
     assert first.status()["page"]["streams"]["session"]["position"]
 
 
-def test_a_reload_mid_reply_shows_the_partial_text_at_once_and_ends_byte_equal(live_llm, fake_llm, recording,
-                                                                            open_chat):
+def test_a_reload_mid_reply_shows_the_partial_text_at_once_and_ends_byte_equal(make_stack, database_url, fake_llm,
+                                                                            recording, open_chat):
+    """On SQLite and on PostgreSQL."""
+    from tests.browser.conftest import _serving
+
+    stack = make_stack(database_url, ARZANI_AGENT="openai", OPENAI_BASE_URL=fake_llm.url, OPENAI_API_KEY="sk-test")
+    stack.init_db()
+    _serving(stack)
     fake_llm.pause_after = PAUSE_AFTER
-    chat = open_chat(live_llm)
+    chat = open_chat(stack)
     chat.send(WORDS)
     fake_llm.wait_paused(1)
     expect(streaming(chat)).to_have_text(" ".join(PARTIAL))
