@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,6 +254,10 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.reconnects = 0
+        # The thread waits on the connection in POLL_S steps; a new channel wakes it at once with a
+        # message on this private channel (a round trip, where the next poll could be 50 ms away:
+        # a request waiting for a session lock's release must not wait for the poll).
+        self._wake_channel = f"arzani:hub:{uuid.uuid4().hex}"
 
     def subscribe(self, channel: str, timeout: float = SUBSCRIBE_TIMEOUT_S) -> Subscription:
         """A subscription whose channel is confirmed subscribed; Unavailable if Redis is not there."""
@@ -266,6 +271,12 @@ class Hub:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="arzani-event-hub", daemon=True)
                 self._thread.start()
+            wake = not sub.ready.is_set()
+        if wake:
+            try:
+                self.redis.publish(self._wake_channel, "")
+            except RedisError:
+                pass  # the thread finds it on its next poll, or Redis is away (then the wait says so)
         if not sub.ready.wait(timeout):
             self.unsubscribe(sub)
             raise Unavailable("live events are unavailable (Redis did not answer): retry shortly")
@@ -299,6 +310,7 @@ class Hub:
             try:
                 if pubsub is None:
                     pubsub = self.redis.pubsub()
+                    pubsub.subscribe(self._wake_channel)
                     with self._lock:
                         self._confirmed.clear()
                         self._pending = set(self._subs)
@@ -353,6 +365,8 @@ class Hub:
 
     def _handle(self, message: dict) -> None:
         kind, channel = message.get("type"), message.get("channel")
+        if channel == self._wake_channel:
+            return  # woken: the loop applies what is pending
         if kind == "subscribe":
             with self._lock:
                 if channel in self._subs:

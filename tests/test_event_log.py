@@ -16,7 +16,9 @@ from tests.helpers import new_session_id, wait_for
 
 @pytest.fixture
 def hub(services):
-    return events.Hub(services.redis)
+    hub = events.Hub(services.redis)
+    yield hub
+    hub.close()
 
 
 def open_stream(services, hub, target, **kw) -> events.EventStream:
@@ -129,7 +131,7 @@ def test_many_streams_share_one_pubsub_connection(services, hub):
     for stream in streams:
         stream.close()
     assert hub.channels == 0
-    wait_for(lambda: not services.redis.pubsub_channels(), 5, "the hub to unsubscribe")
+    wait_for(lambda: not services.redis.pubsub_channels("arzani:session:*"), 5, "the hub to unsubscribe")
 
 
 def test_open_streams_catch_up_exactly_after_redis_restarts(services, hub, redis_server):
