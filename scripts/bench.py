@@ -555,7 +555,7 @@ def bench(quick: bool, smoke: bool) -> None:
         bench_event_log(services, figures, tokens=100 if smoke else 1000)
         click.echo("measuring open event streams...", err=True)
         bench_open_streams(env, token, figures, counts=(50,) if smoke else (2000, 3000, 3800),
-                           posts=30 if smoke else 400)
+                           posts=30 if smoke else 1000)
         click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
         sizes = (1_000, 2_000) if smoke else (10_000, 100_000) if quick else (10_000, 1_000_000)
         bench_sidebar(figures, sizes=sizes)
