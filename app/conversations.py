@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import jobqueue, metrics
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.sessions import process_name
 
@@ -85,7 +85,15 @@ def post_message(
     content: str,
     client_message_id: str | None = None,
 ) -> PostedMessage:
-    """Store a user message in its session's conversation (committed), then enqueue its reply."""
+    """Store a user message in its session's conversation (committed), then enqueue its reply.
+
+    `client_message_id` is idempotent per session: a retry answers with the first message even
+    if its conversation was deleted since (nothing new is created), and the same id with other
+    content is an IdempotencyConflict."""
+    if client_message_id is not None:
+        original = _find_in_session(services, session_id, user_id, client_message_id)
+        if original is not None:
+            return _replayed(services, session_id, original, content, "replayed")
     resolved = services.sessions.resolve(session_id, user_id)
     try:
         message = store_user_message(services, resolved.conversation_id, session_id, user_id,
@@ -103,14 +111,9 @@ def post_message(
         resolved = services.sessions.resolve(session_id, user_id)
         message = store_user_message(services, resolved.conversation_id, session_id, user_id,
                                      content, client_message_id)
-    if message is None:
-        existing = _find_by_client_id(services, resolved.conversation_id, client_message_id)
-        if existing.status == MessageStatus.PENDING:
-            # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
-            # job id, so this costs one round trip and never makes a second job.
-            jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, existing.id)
-        return PostedMessage(session_id, resolved.conversation_id, message_json(existing),
-                             jobqueue.reply_job_id(existing.id), False, resolved.how)
+    if message is None:  # the same client_message_id, stored at the same instant by a twin request
+        existing = _find_in_session(services, session_id, user_id, client_message_id)
+        return _replayed(services, session_id, existing, content, resolved.how)
     metrics.messages_accepted.inc()
     job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message.id)
     _announce_message(services, user_id, session_id, resolved, message_json(message))
@@ -186,14 +189,36 @@ def _title_from(content: str) -> str:
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
 
 
-def _find_by_client_id(services: Wiring, conversation_id: str, client_message_id: str) -> Message:
+def _find_in_session(services: Wiring, session_id: str, user_id: int, client_message_id: str) -> Message | None:
+    """The user message this client_message_id already named in this session (any of its
+    conversations, deleted ones too), or None."""
     with services.db.read() as db:
         return db.scalars(
-            select(Message).where(
-                Message.conversation_id == conversation_id,
+            select(Message)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(
+                Conversation.session_id == session_id,
+                Conversation.user_id == user_id,
                 Message.client_message_id == client_message_id,
+                Message.role == MessageRole.USER,
             )
-        ).one()
+            .order_by(Message.id)
+            .limit(1)
+        ).first()
+
+
+def _replayed(services: Wiring, session_id: str, original: Message, content: str, how: str) -> PostedMessage:
+    """The answer to a retry: the first message again (200), never a second one."""
+    if original.content != content:
+        raise IdempotencyConflict(
+            f"client_message_id was already used in this session for other content (message {original.id}); "
+            "use a new client_message_id for a new message")
+    if original.status == MessageStatus.PENDING:
+        # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
+        # job id, so this costs one round trip and never makes a second job.
+        jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, original.id)
+    return PostedMessage(session_id, original.conversation_id, message_json(original),
+                         jobqueue.reply_job_id(original.id), False, how)
 
 
 # -- reading ------------------------------------------------------------------------------

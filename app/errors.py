@@ -61,6 +61,12 @@ class Conflict(ArzaniError):
     status = 409
 
 
+class IdempotencyConflict(Conflict):
+    """This client_message_id was already used in this session for different content."""
+
+    code = "idempotency_conflict"
+
+
 class ContentTooLarge(ArzaniError):
     """Message content is limited to 32 KiB."""
 

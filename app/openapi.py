@@ -47,6 +47,8 @@ ERRORS = {
     "401": _error("no bearer token and no cookie, or an unknown or revoked token"),
     "403": _error("the chat page's cookie on a cross-site request (CSRF): refused"),
     "404": _error("not found, or another user's"),
+    "409": _error("the request does not fit the current state (e.g. `idempotency_conflict`: a "
+                  "client_message_id reused for other content)"),
     "413": _error("content over 32 KiB, or a request body over 256 KiB"),
     "422": _error("a JSON body of the wrong shape"),
     "429": _error("rate limited"),
@@ -151,7 +153,7 @@ PATHS = {
                         **_json(_ref("PostedMessage"))},
                 "200": {"description": "the same client_message_id again: the first answer",
                         **_json(_ref("PostedMessage"))},
-                **_errors("400", "401", "403", "404", "413", "422", "429", "503"),
+                **_errors("400", "401", "403", "404", "409", "413", "422", "429", "503"),
             },
         },
     },

@@ -74,6 +74,32 @@ def test_idempotent_retry_returns_the_first_message_and_no_second_job(api, servi
     assert len(conversation["messages"]) == 1
 
 
+def test_a_retry_after_the_chat_was_deleted_answers_the_first_message_and_makes_nothing(api, services):
+    """client_message_id is idempotent per session (issue 11, hole 7), not per conversation."""
+    session_id = new_session_id()
+    first = api.send(session_id, "only once", client_message_id="c-deleted")
+    assert api.delete(f"/api/conversations/{first.json['conversation_id']}").status_code == 204
+    jobs_before = services.queue.get_job_ids()
+    again = api.send(session_id, "only once", client_message_id="c-deleted")
+    assert again.status_code == 200 and again.json["message"] == first.json["message"]
+    assert again.headers["Arzani-Session-Resolution"] == "replayed"
+    assert services.queue.get_job_ids() == jobs_before
+    assert api.get("/api/conversations").json["conversations"] == []  # no new conversation either
+    assert api.get(f"/api/sessions/{session_id}").json["conversation_id"] is None
+
+
+def test_the_same_client_message_id_with_other_content_is_a_409(api, services):
+    session_id = new_session_id()
+    first = api.send(session_id, "what I meant", client_message_id="c-x")
+    other = api.send(session_id, "something else", client_message_id="c-x")
+    assert_error(other, 409)
+    assert other.json["error"]["code"] == "idempotency_conflict"
+    messages = api.get(f"/api/conversations/{first.json['conversation_id']}").json["messages"]
+    assert [m["content"] for m in messages] == ["what I meant"]
+    # another session may use the same id for anything
+    assert api.send(new_session_id(), "something else", client_message_id="c-x").status_code == 202
+
+
 def test_other_users_things_are_404_like_missing_ones(make_api):
     alice, bob = make_api("alice"), make_api("bob")
     session_id = new_session_id()

@@ -65,8 +65,11 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
                             created_at=utcnow() + timedelta(seconds=1))
         db.add(twin)
     services.redis.hset(keys.session_key(session_id), "conversation_id", twin.id)
-    second = api.send(session_id, "second, in the twin", client_message_id="dup").json
+    second = api.send(session_id, "second, in the twin").json
     assert second["conversation_id"] == twin.id
+    with services.db.write() as db:  # legacy too: the id was idempotent per conversation then
+        db.execute(text("UPDATE messages SET client_message_id = 'dup' WHERE id = :id"),
+                   {"id": second["message"]["id"]})
     run_jobs()
 
     report = arzani("reconcile", "--fix")
