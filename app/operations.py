@@ -143,6 +143,28 @@ def _merge_into(db: Session, keep: Conversation, extras: list[Conversation]) -> 
 # -- cleanup -----------------------------------------------------------------------------------
 
 
+def _delete_if_still_orphan(services: Wiring, conversation_id: str, cutoff, has_user_message) -> bool:
+    """Delete one orphan, looking again under a lock: a message posted between the first look and
+    the delete was answered 202 and must survive (PostgreSQL's READ COMMITTED would otherwise let
+    the delete take it along). The conversation row is locked first (FOR UPDATE: a post locks it
+    too, with its UPDATE), then checked again in a statement of its own, with a snapshot taken
+    after the lock; a post that then finds the row gone stores its message in a new conversation.
+    SQLite's write transactions are serial (BEGIN IMMEDIATE), which gives the same order."""
+    with services.db.write() as db:
+        locked = db.execute(select(Conversation.id).where(Conversation.id == conversation_id)
+                            .with_for_update()).first()
+        if locked is None:
+            return False
+        still_orphan = db.scalar(select(Conversation.id).where(
+            Conversation.id == conversation_id, Conversation.created_at <= cutoff, ~has_user_message))
+        if still_orphan is None:
+            return False
+        db.execute(delete(Message).where(Message.conversation_id == conversation_id,
+                                         Message.role != MessageRole.USER))
+        db.execute(delete(Conversation).where(Conversation.id == conversation_id))
+    return True
+
+
 def cleanup(services: Wiring, *, older_than: timedelta, dry_run: bool) -> list[str]:
     """Remove orphaned conversations (no user message, older than `older_than`) and Redis
     leftovers no owner will ever clear (a lock or fence without a TTL). Returns what it removed
@@ -151,15 +173,16 @@ def cleanup(services: Wiring, *, older_than: timedelta, dry_run: bool) -> list[s
     cutoff = utcnow() - older_than
     has_user_message = (select(Message.id).where(Message.conversation_id == Conversation.id,
                                                  Message.role == MessageRole.USER).exists())
-    with services.db.write() as db:
-        orphans = db.scalars(select(Conversation).where(
+    with services.db.read() as db:
+        candidates = db.scalars(select(Conversation).where(
             Conversation.created_at <= cutoff, ~has_user_message)).all()
-        for conversation in orphans:
-            removed.append(f"conversation {conversation.id} (session {conversation.session_id}, "
-                           f"no user message, created {conversation.created_at.isoformat()})")
-            if not dry_run:
-                db.execute(delete(Message).where(Message.conversation_id == conversation.id))
-                db.delete(conversation)
+    orphans = []
+    for candidate in candidates:
+        if not dry_run and not _delete_if_still_orphan(services, candidate.id, cutoff, has_user_message):
+            continue  # a message arrived since the look: it is a live conversation now
+        orphans.append(candidate)
+        removed.append(f"conversation {candidate.id} (session {candidate.session_id}, "
+                       f"no user message, created {candidate.created_at.isoformat()})")
     if not dry_run:
         for conversation in orphans:
             services.sessions.forget(conversation.session_id, conversation.id)

@@ -91,6 +91,53 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
                         "(session_id) WHERE deleted_at IS NULL"))
 
 
+def test_cleanup_never_deletes_a_message_posted_while_it_runs(api, services):
+    """Issue 11, hole 1: cleanup picks an orphan, then a real message is posted to its session
+    just before cleanup's DELETE runs (forced with an engine event). The message was answered
+    202: it must survive, in a live conversation of its session, on both databases."""
+    import threading
+
+    from sqlalchemy import event
+
+    from app import operations
+
+    session_id = new_session_id()
+    with services.db.write() as db:  # a conversation whose first message never arrived
+        orphan = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:gone:1",
+                              created_at=utcnow() - timedelta(days=2))
+        db.add(orphan)
+    services.redis.hset(keys.session_key(session_id), mapping={"conversation_id": orphan.id,
+                                                               "user_id": api.user_id})
+    posted, poster = {}, None
+
+    def post_just_before_the_delete(conn, cursor, statement, parameters, context, executemany):
+        nonlocal poster
+        if poster is None and statement.lstrip().upper().startswith("DELETE FROM MESSAGES"):
+            poster = threading.Thread(target=lambda: posted.update(
+                response=api.send(session_id, "posted during cleanup")))
+            poster.start()
+            # Let the post commit if nothing holds it back (the hole); with the fix it waits for
+            # cleanup's lock, and cleanup must go on rather than wait for it.
+            poster.join(2)
+
+    event.listen(services.db.engine, "before_cursor_execute", post_just_before_the_delete)
+    try:
+        operations.cleanup(services, older_than=timedelta(days=1), dry_run=False)
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", post_just_before_the_delete)
+    assert poster is not None, "cleanup never reached its DELETE"
+    poster.join(30)
+    response = posted["response"]
+    assert response.status_code == 202
+    message_id = response.json["message"]["id"]
+    with services.db.read() as db:
+        message = db.get(Message, message_id)
+        assert message is not None, "an accepted message was deleted by cleanup"
+        conversation = db.get(Conversation, message.conversation_id)
+        assert conversation.session_id == session_id and conversation.deleted_at is None
+    assert api.get(f"/api/sessions/{session_id}").json["consistent"] is True
+
+
 def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api, services):
     kept = api.send(new_session_id(), "a real chat").json
     orphan_session = new_session_id()
