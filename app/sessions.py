@@ -304,22 +304,26 @@ class SessionService:
     def _find_or_create(
         self, lock: FencedLock, session_id: str, user_id: int
     ) -> tuple[Conversation, str]:
-        with self.db.write() as db:
+        with self.db.read() as db:
             rows = db.scalars(select(Conversation).where(Conversation.session_id == session_id)).all()
-            ensure_owner((row.user_id for row in rows), user_id)
-            live = [row for row in rows if row.deleted_at is None]
-            if live:
-                metrics.session_key_misses.inc()
-                # A key lost with Redis (restarted empty, evicted) in front of a database that kept
-                # everything is expected, not an incident: INFO.
-                log.info(
-                    "session key missing: conversation recovered from the database",
-                    extra={"session_id": session_id, "conversation_id": live[0].id,
-                           "proc": process_name(self.process_kind)},
-                )
-                return live[0], "recovered"
-            if not lock.fence_is_current():
-                raise StaleFence()
+        ensure_owner((row.user_id for row in rows), user_id)
+        live = [row for row in rows if row.deleted_at is None]
+        if live:
+            metrics.session_key_misses.inc()
+            # A key lost with Redis (restarted empty, evicted) in front of a database that kept
+            # everything is expected, not an incident: INFO.
+            log.info(
+                "session key missing: conversation recovered from the database",
+                extra={"session_id": session_id, "conversation_id": live[0].id,
+                       "proc": process_name(self.process_kind)},
+            )
+            return live[0], "recovered"
+        # The fence is checked before the write transaction, never inside it: a write transaction
+        # holds SQLite's one write lock, and a slow Redis would stall every writer of the database.
+        # (Checked and inserted are not one atomic step in any case; the upsert below is the guard.)
+        if not lock.fence_is_current():
+            raise StaleFence()
+        with self.db.write() as db:
             # The database's own upsert on the partial unique index (one live conversation per
             # session): a twin that got past a stale fence loses here without an error, and we
             # take the row that won instead.
