@@ -5,7 +5,8 @@ and release is a Lua script that deletes the key only when it still holds our to
 things it lacks (see FIELD-NOTES.md):
 
 - a fencing counter (its own key), incremented in the same script as the SET, so each acquisition
-  has a number that a later, stale holder can be told apart by;
+  has a number that a later, stale holder can be told apart by; started from Redis's clock when
+  missing, so that it stays monotonic across the loss of Redis;
 - `commit(hash_key, fields)`: write the fields into a hash only if the fence is still ours, then
   release, in one script: the holder's result is published and the lock freed in one round trip;
 - a publish on a channel when the holder is done, so that processes that lost the race wake at
@@ -23,9 +24,16 @@ from redis import Redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
+# A missing fence (a new session; or Redis restarted empty, or the key expired or was evicted)
+# starts from Redis's clock in microseconds, not from 0: a fence handed out before the loss is
+# then never handed out again, so a holder from before a Redis restart cannot pass the check.
 _ACQUIRE = """
 -- KEYS[1] lock, KEYS[2] fence; ARGV[1] token, ARGV[2] lock ttl ms, ARGV[3] fence ttl ms
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    if redis.call('EXISTS', KEYS[2]) == 0 then
+        local now = redis.call('TIME')
+        redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+    end
     local fence = redis.call('INCR', KEYS[2])
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
     return fence

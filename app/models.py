@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -94,7 +95,7 @@ class Conversation(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     # The fence value of the lock acquisition that created this row (0: created without Redis,
     # e.g. by a repair). Lets an operator tell which holder wrote it.
-    creation_fence: Mapped[int] = mapped_column(Integer, default=0)
+    creation_fence: Mapped[int] = mapped_column(BigInteger, default=0)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -41,7 +41,7 @@ def test_sessions_show_and_list_report_what_redis_and_the_database_believe(arzan
     assert shown["conversation_id"] == posted["conversation_id"]
     assert shown["tracked"]["conversation_id"] == posted["conversation_id"]
     assert shown["consistent"] is True
-    assert shown["fence"] == 1
+    assert shown["fence"] == int(services.redis.get(keys.fence_key(session_id)))  # one acquisition: its fence
 
     listing = arzani("sessions", "list").output
     assert session_id in listing and "ok" in listing

@@ -44,3 +44,24 @@ def test_a_slow_redis_during_creation_holds_no_database_write_lock(services, api
         creator.join(30)
         writer.join(30)
     assert created["resolved"].how == "created"
+
+
+def test_the_fence_stays_monotonic_when_redis_restarts_empty_between_two_holders(services, redis_server):
+    """Hole 6: a holder from before a Redis restart must not pass the fence check of the holder
+    after it (an INCR counter restarting at 1 would hand out the same fence twice)."""
+    from app import keys
+    from app.sessions import TrackedSession
+
+    session_id = new_session_id()
+    before = services.sessions.lock(session_id)
+    assert before.acquire()
+    redis_server.stop()
+    redis_server.start()  # same port, nothing kept: the lock and the fence are gone
+    after = services.sessions.lock(session_id)
+    assert after.acquire()
+    assert after.fence > before.fence
+    assert services.sessions.commit(after, session_id, TrackedSession(conversation_id="after", user_id=1))
+    assert not before.fence_is_current()
+    written = services.sessions.commit(before, session_id, TrackedSession(conversation_id="before", user_id=1))
+    assert not written
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == "after"

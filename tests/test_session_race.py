@@ -71,7 +71,7 @@ def test_no_two_processes_hold_the_lock_at_once(redis_url):
     assert sum(v for v, _ in outcomes) == 0
     fences = [f for _, fs in outcomes for f in fs]
     assert len(fences) == processes * rounds
-    assert sorted(fences) == list(range(1, processes * rounds + 1))  # one fence per acquisition
+    assert sorted(fences) == list(range(min(fences), min(fences) + processes * rounds))  # one per acquisition
 
 
 def _race_first_messages(settings, user_id, session_ids, barrier, threads, results):
@@ -165,7 +165,7 @@ def test_a_dead_holder_is_taken_over_after_its_lock_expires(services, api):
     assert dead.acquire()  # and never released: its process "died"
     resolved = services.sessions.resolve(session_id, api.user_id)
     assert resolved.how == "created"
-    assert int(services.redis.get(keys.fence_key(session_id))) == 2
+    assert int(services.redis.get(keys.fence_key(session_id))) == dead.fence + 1  # one takeover
     with services.db.read() as db:
         assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
 
@@ -177,7 +177,7 @@ def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api
     _wait_until(lambda: services.redis.pttl(keys.lock_key(session_id)) == -2)  # expired mid-"pause"
     newer = services.sessions.lock(session_id, 5000)
     assert newer.acquire()
-    assert (stalled.fence, newer.fence) == (1, 2)
+    assert newer.fence == stalled.fence + 1
 
     # The stalled holder wakes up: the fence check stops it from creating a conversation...
     with pytest.raises(StaleFence):
