@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import jobqueue, metrics
-from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound
+from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound, SessionBusy
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.sessions import process_name
 
@@ -94,23 +94,26 @@ def post_message(
         original = _find_in_session(services, session_id, user_id, client_message_id)
         if original is not None:
             return _replayed(services, session_id, original, content, "replayed")
-    resolved = services.sessions.resolve(session_id, user_id)
-    try:
-        message = store_user_message(services, resolved.conversation_id, session_id, user_id,
-                                     content, client_message_id)
-    except StaleConversation:
-        # The tracked key named a conversation the database does not have live for this session
-        # (deleted, or a key from before a restore). The database wins: drop the key, resolve again.
-        metrics.session_mismatches.labels(side="web").inc()
-        log.warning(
-            "session key disagrees with the database: key dropped, session resolved again",
-            extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
-                   "proc": process_name(services.process_kind)},
-        )
-        services.sessions.forget(session_id, resolved.conversation_id)
+    for attempt in range(STALE_KEY_ATTEMPTS):
         resolved = services.sessions.resolve(session_id, user_id)
-        message = store_user_message(services, resolved.conversation_id, session_id, user_id,
-                                     content, client_message_id)
+        try:
+            message = store_user_message(services, resolved.conversation_id, session_id, user_id,
+                                         content, client_message_id)
+            break
+        except StaleConversation:
+            # The tracked key named a conversation the database does not have live for this
+            # session (deleted, or a key from before a restore). The database wins: drop the key,
+            # resolve again; a key that keeps coming back stale is a 503, never a 500.
+            metrics.session_mismatches.labels(side="web").inc()
+            log.warning(
+                "session key disagrees with the database: key dropped, session resolved again",
+                extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
+                       "proc": process_name(services.process_kind), "attempt": attempt + 1},
+            )
+            services.sessions.forget(session_id, resolved.conversation_id)
+    else:
+        raise SessionBusy("the session's conversation kept changing while the message was stored: "
+                          "nothing was stored, try again")
     if message is None:  # the same client_message_id, stored at the same instant by a twin request
         existing = _find_in_session(services, session_id, user_id, client_message_id)
         return _replayed(services, session_id, existing, content, resolved.how)
@@ -128,6 +131,10 @@ def _announce_message(services: Wiring, user_id: int, session_id: str, resolved,
     created = [services.events.to_user(user_id, "created", **where)] if resolved.how == "created" else []
     services.events.announce(services.events.to_session(session_id, "message", message=message), *created,
                              services.events.to_user(user_id, "message", **where, message=message))
+
+
+STALE_KEY_ATTEMPTS = 3
+"""A post that meets a stale session key drops it and resolves again, this many times at most."""
 
 
 class StaleConversation(Exception):

@@ -80,11 +80,11 @@ def reconcile(services: Wiring, *, fix: bool) -> list[Finding]:
                 continue  # expired as designed: the next message rebuilds it
             finding = Finding("untracked", session_id, f"live conversation {live.id} has no key")
             if fix:
-                finding.fixed = services.sessions.repair(session_id, live, replacing=tracked_id)
+                finding.fixed = services.sessions.repair(session_id, replacing=tracked_id)
         else:
             finding = Finding("key_mismatch", session_id, f"key names {tracked_id}, database {live.id}")
             if fix:
-                finding.fixed = services.sessions.repair(session_id, live, replacing=tracked_id)
+                finding.fixed = services.sessions.repair(session_id, replacing=tracked_id)
         findings.append(finding)
     return findings
 
@@ -112,9 +112,7 @@ def _merge_duplicates(services: Wiring, *, fix: bool) -> list[Finding]:
                 finding.fixed = True
         findings.append(finding)
         if fix:
-            with services.db.read() as db:
-                services.sessions.repair(session_id, db.get(Conversation, keep.id),
-                                         replacing=services.sessions.tracked_conversation_id(session_id))
+            services.sessions.repair(session_id, replacing=services.sessions.tracked_conversation_id(session_id))
     return findings
 
 

@@ -364,28 +364,42 @@ class SessionService:
             last_seen_at_ms=now_ms(),
         ))
 
-    def repair(self, session_id: str, conversation: Conversation, *, replacing: str | None) -> bool:
-        """Rewrite the tracked key from the database's live conversation. True if written.
+    def repair(self, session_id: str, *, replacing: str | None) -> bool:
+        """Make the tracked key say what the database says now. True if the key agrees with it.
 
-        `replacing` is the conversation the caller saw tracked (None: the key was missing); every
-        caller has just read it, so it is not read again here. Takes the session lock without
-        waiting: if someone holds it, they are resolving this very session and will write what the
-        database says.
+        `replacing` is the conversation the caller saw tracked (None: the key was missing). The
+        session's live conversation is read again under the session lock, never taken from the
+        caller: a conversation read before the lock may have been deleted since, and the key must
+        not name it (with no live conversation left, a key naming `replacing` is dropped). Takes
+        the lock without waiting: if someone holds it, they are resolving this very session and
+        will write what the database says.
         """
         lock = self.lock(session_id)
         if not lock.acquire():
             return False
         metrics.lock_acquisitions.inc()
-        before = replacing
+        with self.db.read() as db:
+            conversation = db.scalars(select(Conversation).where(
+                Conversation.session_id == session_id, Conversation.deleted_at.is_(None))).first()
+        if conversation is None:
+            try:
+                if replacing is not None:
+                    self.forget(session_id, replacing)
+            finally:
+                lock.release()
+            log.info("session key names no live conversation: dropped",
+                     extra={"session_id": session_id, "tracked_conversation_id": replacing,
+                            "proc": process_name(self.process_kind)})
+            return True
         written = self._track(lock, conversation)
         metrics.session_key_repairs.inc()
         # A missing key is rebuilt quietly (Redis restarted empty: expected); a key that named
         # another conversation is a real disagreement: WARNING.
         log.log(
-            logging.WARNING if before is not None else logging.DEBUG,
-            "session key repaired from the database" if before is not None else "session key rebuilt",
+            logging.WARNING if replacing is not None else logging.DEBUG,
+            "session key repaired from the database" if replacing is not None else "session key rebuilt",
             extra={"session_id": session_id, "conversation_id": conversation.id,
-                   "tracked_conversation_id": before, "proc": process_name(self.process_kind),
+                   "tracked_conversation_id": replacing, "proc": process_name(self.process_kind),
                    "written": written},
         )
         return written

@@ -65,3 +65,53 @@ def test_the_fence_stays_monotonic_when_redis_restarts_empty_between_two_holders
     written = services.sessions.commit(before, session_id, TrackedSession(conversation_id="before", user_id=1))
     assert not written
     assert services.redis.hget(keys.session_key(session_id), "conversation_id") == "after"
+
+
+def test_a_repair_never_writes_a_conversation_deleted_after_it_was_read(services, api, monkeypatch):
+    """Hole 5: the reply job reads the conversation, then the user deletes it, then the job finds
+    the key missing and repairs it: the key must not come back naming the deleted conversation."""
+    from app import keys
+    from app.sessions import SessionService
+    from workers import jobs
+
+    session_id = new_session_id()
+    posted = api.send(session_id, "delete me while I am answered").json
+    services.redis.delete(keys.session_key(session_id))  # the key is gone (Redis restarted empty)
+    real = SessionService.tracked_conversation_id
+
+    def deleted_just_now(self, sid):
+        if sid == session_id:
+            assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
+        return real(self, sid)
+
+    monkeypatch.setattr(SessionService, "tracked_conversation_id", deleted_just_now)
+    jobs.reply(posted["message"]["id"])
+    assert services.redis.hget(keys.session_key(session_id), "conversation_id") is None
+    monkeypatch.undo()
+    again = api.send(session_id, "a new chat in the same session")  # starts a new conversation
+    assert again.status_code == 202 and again.json["conversation_id"] != posted["conversation_id"]
+
+
+def test_a_post_that_keeps_meeting_a_stale_key_answers_503_not_500(services, api, monkeypatch):
+    """Hole 5: a key that names a deleted conversation again after every drop (a stale repair
+    racing the post) makes the post give up after a bounded number of tries with a 503."""
+    from app import keys
+    from app.sessions import SessionService
+
+    session_id = new_session_id()
+    posted = api.send(session_id, "first").json
+    assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
+    real_forget = SessionService.forget
+
+    def forget_then_restore_the_stale_key(self, sid, conversation_id):
+        dropped = real_forget(self, sid, conversation_id)
+        self.redis.hset(keys.session_key(sid), "conversation_id", posted["conversation_id"])
+        return dropped
+
+    services.redis.hset(keys.session_key(session_id), "conversation_id", posted["conversation_id"])
+    monkeypatch.setattr(SessionService, "forget", forget_then_restore_the_stale_key)
+    response = api.send(session_id, "second")
+    assert response.status_code == 503 and response.json["error"]["code"] == "session_busy"
+    monkeypatch.undo()
+    services.redis.delete(keys.session_key(session_id))
+    assert api.send(session_id, "third").status_code == 202  # and the session still works

@@ -149,7 +149,7 @@ def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
             extra={"session_id": conversation.session_id, "conversation_id": conversation.id,
                    "tracked_conversation_id": tracked_id, "proc": process_name(svc.process_kind)},
         )
-    svc.sessions.repair(conversation.session_id, conversation, replacing=tracked_id)
+    svc.sessions.repair(conversation.session_id, replacing=tracked_id)
 
 
 def _history(db, conversation_id: str, upto_message_id: int) -> list[Turn]:
