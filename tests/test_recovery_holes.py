@@ -115,3 +115,53 @@ def test_a_post_that_keeps_meeting_a_stale_key_answers_503_not_500(services, api
     monkeypatch.undo()
     services.redis.delete(keys.session_key(session_id))
     assert api.send(session_id, "third").status_code == 202  # and the session still works
+
+
+def test_the_sweeper_never_deletes_a_job_a_worker_starts_while_it_looks(services, api, monkeypatch):
+    """Hole 4: a worker takes the job off the queue and starts it right after the sweeper's first
+    look at Redis: the sweeper must not delete it and enqueue it again (two agent calls)."""
+    from workers.maintenance import sweep_pending
+
+    posted = api.send(new_session_id(), "take me while the sweeper looks").json
+    job_id = posted["job_id"]
+    rq_redis = services.rq_redis
+    real = rq_redis.execute_command
+    started = []
+
+    def a_worker_starts_it_meanwhile(*args, **options):
+        result = real(*args, **options)
+        if not started:
+            started.append(True)
+            real("LREM", services.queue.key, 0, job_id)  # BLMOVE'd, then started: in no list
+            real("HSET", f"rq:job:{job_id}", "status", "started")
+        return result
+
+    monkeypatch.setattr(rq_redis, "execute_command", a_worker_starts_it_meanwhile)
+    assert sweep_pending(services, older_than_s=0) == []
+    monkeypatch.undo()
+    assert rq_redis.hget(f"rq:job:{job_id}", "status") == b"started"
+    assert services.queue.get_job_ids() == []  # not enqueued a second time
+
+
+def test_a_backlog_of_queued_messages_does_not_hide_a_stranded_one(services, api):
+    """Hole 4: more than a thousand pending messages whose jobs wait in the queue, then one whose
+    job was lost: the sweeper still finds it."""
+    from sqlalchemy import insert, select
+
+    from app.jobqueue import enqueue_reply
+    from app.models import Message, utcnow
+    from workers.maintenance import sweep_pending
+
+    first = api.send(new_session_id(), "the chat").json
+    with services.db.write() as db:
+        db.execute(insert(Message), [
+            {"conversation_id": first["conversation_id"], "role": "user", "content": f"queued {n}",
+             "status": "pending", "created_at": utcnow()} for n in range(1_050)])
+    with services.db.read() as db:
+        backlog = db.scalars(select(Message.id).where(Message.conversation_id == first["conversation_id"])).all()
+    for message_id in backlog:  # each with its job waiting in the queue
+        enqueue_reply(services.queue, services.settings, message_id)
+    lost = api.send(first["session_id"], "my job was lost").json
+    services.queue.remove(lost["job_id"])
+    services.rq_redis.delete(f"rq:job:{lost['job_id']}")
+    assert sweep_pending(services, older_than_s=0) == [lost["message"]["id"]]

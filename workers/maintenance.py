@@ -23,57 +23,100 @@ from app.wiring import Wiring
 
 log = logging.getLogger("arzani.maintenance")
 
-_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+_TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+"""The only states in which the sweeper may delete a job (to enqueue it afresh). Anything else
+is RQ's to run: deleting it could run the agent twice."""
+
+# One job's state, read in one step with what is done about it. A `queued` job must really be in
+# the queue (or in its intermediate list, between BLMOVE and start): an enqueue whose push failed
+# leaves a job hash that says `queued` and is in no list (Redis applies the rest of a MULTI when
+# one command fails). Such a job is pushed again in the same script, so no worker can take it
+# between the look and the push.
+_CHECK = """
+-- KEYS[1] job hash, KEYS[2] queue list, KEYS[3] intermediate list; ARGV[1] job id
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+    return 'missing'
+end
+if status == 'queued' then
+    if redis.call('LPOS', KEYS[2], ARGV[1]) or redis.call('LPOS', KEYS[3], ARGV[1]) then
+        return 'queued'
+    end
+    redis.call('RPUSH', KEYS[2], ARGV[1])
+    return 'pushed'
+end
+return status
+"""
 
 
 def sweep_pending(services: Wiring, older_than_s: int = defaults.SWEEP_AFTER_S,
-                  limit: int = 1000) -> list[int]:
-    """Enqueue again the reply jobs of stranded pending messages; returns their message ids."""
+                  batch: int = 1000) -> list[int]:
+    """Enqueue again the reply jobs of stranded pending messages; returns their message ids.
+
+    Every pending message older than the threshold is looked at, in pages of `batch` (a backlog
+    of queued ones cannot hide a stranded one behind it). The queue's lists are read once per
+    sweep, so a message whose job is in them costs no Redis call; only the others are checked,
+    one script each."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with services.db.read() as db:
-        stranded = db.scalars(
-            select(Message.id)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(
-                Message.role == MessageRole.USER,
-                Message.status == MessageStatus.PENDING,
-                Message.created_at <= cutoff,
-                Conversation.deleted_at.is_(None),
-            )
-            .order_by(Message.id)
-            .limit(limit)
-        ).all()
-    requeued = []
-    for message_id in stranded:
-        try:
-            job = Job.fetch(reply_job_id(message_id), connection=services.rq_redis)
-        except NoSuchJobError:
-            job = None
-        if job is not None:
-            if _alive(services, job):
-                continue
-            job.delete()  # finished, failed or orphaned, yet the message is pending: run it afresh
-        enqueue_reply(services.queue, services.settings, message_id)
-        requeued.append(message_id)
+    queue = services.queue
+    in_lists = set(services.rq_redis.lrange(queue.key, 0, -1)) | set(
+        services.rq_redis.lrange(queue.intermediate_queue_key, 0, -1))
+    check = services.rq_redis.register_script(_CHECK)
+    requeued, after_id = [], 0
+    while True:
+        with services.db.read() as db:
+            page = db.scalars(
+                select(Message.id)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(
+                    Message.role == MessageRole.USER,
+                    Message.status == MessageStatus.PENDING,
+                    Message.created_at <= cutoff,
+                    Conversation.deleted_at.is_(None),
+                    Message.id > after_id,
+                )
+                .order_by(Message.id)
+                .limit(batch)
+            ).all()
+        if not page:
+            break
+        after_id = page[-1]
+        for message_id in page:
+            if _sweep_one(services, check, in_lists, message_id):
+                requeued.append(message_id)
     if requeued:
         log.warning("stranded pending messages enqueued again",
                     extra={"count": len(requeued), "message_ids": requeued[:20]})
     return requeued
 
 
-def _alive(services: Wiring, job: Job) -> bool:
-    """Will RQ run this job without our help? A `queued` job must really be in the queue (or in
-    its intermediate list, between BLMOVE and start): an enqueue whose push failed leaves a job
-    hash that says `queued` and is in no list (Redis applies the rest of a MULTI when one command
-    fails)."""
-    status = job.get_status(refresh=False)
-    if status != JobStatus.QUEUED:
-        return status in _ALIVE
+def _sweep_one(services: Wiring, check, in_lists: set[bytes], message_id: int) -> bool:
+    """True if the message's job was enqueued (or pushed) again."""
+    job_id = reply_job_id(message_id)
+    if job_id.encode() in in_lists:
+        return False  # waiting its turn
     queue = services.queue
-    pipe = services.rq_redis.pipeline(transaction=False)
-    pipe.lpos(queue.key, job.id)
-    pipe.lpos(queue.intermediate_queue_key, job.id)
-    return any(position is not None for position in pipe.execute())
+    state = check(keys=[Job.key_for(job_id), queue.key, queue.intermediate_queue_key], args=[job_id])
+    state = state.decode() if isinstance(state, bytes) else state
+    if state == "pushed":
+        return True
+    if state == "missing":
+        enqueue_reply(services.queue, services.settings, message_id)
+        return True
+    if state not in _TERMINAL:
+        return False  # queued, started, scheduled, deferred...: RQ will run it
+    # Finished or failed, yet the message is pending (a job whose work was lost): run it afresh.
+    # Looked at again right before the delete, which only a terminal job may get.
+    try:
+        job = Job.fetch(job_id, connection=services.rq_redis)
+    except NoSuchJobError:
+        job = None
+    if job is not None:
+        if job.get_status(refresh=True) not in _TERMINAL:
+            return False
+        job.delete()
+    enqueue_reply(services.queue, services.settings, message_id)
+    return True
 
 
 def sweep_job(older_than_s: int = defaults.SWEEP_AFTER_S) -> dict:
