@@ -118,7 +118,7 @@ def post_message(
         existing = _find_in_session(services, session_id, user_id, client_message_id)
         return _replayed(services, session_id, existing, content, resolved.how)
     metrics.messages_accepted.inc()
-    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message.id)
+    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message)
     _announce_message(services, user_id, session_id, resolved, message_json(message))
     return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
                          resolved.how)
@@ -223,9 +223,9 @@ def _replayed(services: Wiring, session_id: str, original: Message, content: str
     if original.status == MessageStatus.PENDING:
         # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
         # job id, so this costs one round trip and never makes a second job.
-        jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, original.id)
+        jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, original)
     return PostedMessage(session_id, original.conversation_id, message_json(original),
-                         jobqueue.reply_job_id(original.id), False, how)
+                         jobqueue.reply_job_id(services.queue.name, original), False, how)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
         if message.status != MessageStatus.FAILED:
             raise Conflict(f"only a failed message can be retried; this one is {message.status}")
         message.status = MessageStatus.PENDING
-    job_id = jobqueue.requeue_reply(services.queue, services.settings, message_id)
+    job_id = jobqueue.requeue_reply(services.queue, services.settings, message)
     retried = message_json(message)
     services.events.announce(
         services.events.to_session(conversation.session_id, "message", message=retried),

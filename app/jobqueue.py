@@ -2,12 +2,16 @@
 
 Reply jobs are enqueued by dotted path (`workers.jobs.reply`) with the user message's id, never an
 ORM object: app/ never imports workers/. One job id per user message, so a second enqueue of the
-same message (a client's retry, the sweeper) is refused by RQ instead of making a second job.
+same message (a client's retry, the sweeper) is refused by RQ instead of making a second job; the
+id is namespaced by queue and creation time (see reply_job_id).
 """
 
 from __future__ import annotations
 
+import calendar
 import logging
+from datetime import datetime
+from typing import Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -32,51 +36,66 @@ def make_queue(settings: Settings, connection: Redis) -> Queue:
     return Queue(settings.queue_name, connection=connection)
 
 
-def reply_job_id(message_id: int) -> str:
-    """One job id per user message: a second enqueue of the same message is refused by RQ."""
-    return f"reply-{message_id}"
+class Stored(Protocol):
+    """A stored user message, as far as its job id goes: a Message, or a row of (id, created_at)."""
+
+    id: int
+    created_at: datetime
 
 
-def enqueue_reply(queue: Queue, settings: Settings, message_id: int) -> str:
+def reply_job_id(queue_name: str, message: Stored) -> str:
+    """One job id per user message: a second enqueue of the same message is refused by RQ.
+
+    RQ's job ids are global to a Redis, not per queue: the id carries the queue's name and the
+    message's creation time (in microseconds) beside its id, so that two deployments sharing a
+    Redis, or one database restored to an earlier state that hands out message ids again, never
+    meet a job of another message under the same id (a refused duplicate would leave the new
+    message to the sweeper)."""
+    created = message.created_at
+    micros = calendar.timegm(created.utctimetuple()) * 1_000_000 + created.microsecond
+    return f"reply-{queue_name}-{message.id}-{micros}"
+
+
+def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
     """Enqueue the reply job of a committed user message; a job already there is left alone.
 
     If Redis refuses, the error propagates: the message is committed and `pending`, and the
     sweeper enqueues it again (it uses this same function and job id).
     """
-    job_id = reply_job_id(message_id)
+    job_id = reply_job_id(queue.name, message)
     retries = settings.reply_retries
     try:
         queue.enqueue(
             REPLY_JOB,
-            message_id,
+            message.id,
             job_id=job_id,
             unique=True,
             job_timeout=settings.job_timeout_s,
             retry=Retry(max=retries, interval=list(defaults.RETRY_INTERVALS_S[:retries])) if retries else None,
             on_failure=Callback(REPLY_FAILED_CALLBACK),
-            description=f"reply to message {message_id}",
+            description=f"reply to message {message.id}",
         )
     except DuplicateJobError:
         pass
     return job_id
 
 
-def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message_id: int) -> str:
+def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message: Stored) -> str:
     """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
     the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
     try:
-        return enqueue_reply(queue, settings, message_id)
+        return enqueue_reply(queue, settings, message)
     except RedisError as exc:
         log.error("reply enqueue failed; the sweeper will enqueue it",
-                  extra={"message_id": message_id, "error": repr(exc)})
-        return reply_job_id(message_id)
+                  extra={"message_id": message.id, "error": repr(exc)})
+        return reply_job_id(queue.name, message)
 
 
-def requeue_reply(queue: Queue, settings: Settings, message_id: int) -> str:
+def requeue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
     """A new round of attempts for a message whose job failed for good. The failed job keeps its
     id in RQ's failed registry: delete it to make room for the new one."""
     try:
-        Job.fetch(reply_job_id(message_id), connection=queue.connection).delete()
+        Job.fetch(reply_job_id(queue.name, message), connection=queue.connection).delete()
     except NoSuchJobError:
         pass
-    return enqueue_reply(queue, settings, message_id)
+    return enqueue_reply(queue, settings, message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.helpers import new_session_id
 
 
-def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, run_jobs):
+def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, services, run_jobs):
     session_id = new_session_id()
     first = api.send(session_id, "hello there")
     assert first.status_code == 202, first.json
@@ -14,7 +14,7 @@ def test_first_message_creates_one_conversation_and_reply_lands_in_it(api, run_j
     assert body["session_id"] == session_id
     assert body["message"]["status"] == "pending"
     assert body["message"]["role"] == "user"
-    assert body["job_id"] == f"reply-{body['message']['id']}"
+    assert body["job_id"].startswith(f"reply-{services.queue.name}-{body['message']['id']}-")
 
     second = api.send(session_id, "and again")
     assert second.status_code == 202

@@ -158,10 +158,37 @@ def test_a_backlog_of_queued_messages_does_not_hide_a_stranded_one(services, api
             {"conversation_id": first["conversation_id"], "role": "user", "content": f"queued {n}",
              "status": "pending", "created_at": utcnow()} for n in range(1_050)])
     with services.db.read() as db:
-        backlog = db.scalars(select(Message.id).where(Message.conversation_id == first["conversation_id"])).all()
-    for message_id in backlog:  # each with its job waiting in the queue
-        enqueue_reply(services.queue, services.settings, message_id)
+        backlog = db.execute(select(Message.id, Message.created_at)
+                             .where(Message.conversation_id == first["conversation_id"])).all()
+    for message in backlog:  # each with its job waiting in the queue
+        enqueue_reply(services.queue, services.settings, message)
     lost = api.send(first["session_id"], "my job was lost").json
     services.queue.remove(lost["job_id"])
     services.rq_redis.delete(f"rq:job:{lost['job_id']}")
     assert sweep_pending(services, older_than_s=0) == [lost["message"]["id"]]
+
+
+def test_two_deployments_on_one_redis_never_share_a_job_id(services, settings, api, tmp_path):
+    """Hole 8: a second deployment (its own database and queue) on the same Redis stores its
+    message 1 too: its job must be enqueued, not refused as a duplicate of the first's."""
+    import dataclasses
+
+    from app import create_app
+    from app.auth import create_api_user
+    from app.wiring import Wiring
+
+    first = api.send(new_session_id(), "deployment one").json
+    other = Wiring(dataclasses.replace(settings, database_url=f"sqlite:///{tmp_path / 'other.db'}",
+                                       queue_name="arzani-other"))
+    other.db.create_all()
+    try:
+        _, token = create_api_user(other, "someone-else")
+        client = create_app({"TESTING": True}, services=other).test_client()
+        second = client.post(f"/api/sessions/{new_session_id()}/messages", json={"content": "deployment two"},
+                             headers={"Authorization": f"Bearer {token}"}).json
+        assert second["message"]["id"] == first["message"]["id"]  # both databases count from 1
+        assert second["job_id"] != first["job_id"]
+        assert other.queue.get_job_ids() == [second["job_id"]]
+        assert services.queue.get_job_ids() == [first["job_id"]]
+    finally:
+        other.close()

@@ -65,8 +65,8 @@ def sweep_pending(services: Wiring, older_than_s: int = defaults.SWEEP_AFTER_S,
     requeued, after_id = [], 0
     while True:
         with services.db.read() as db:
-            page = db.scalars(
-                select(Message.id)
+            page = db.execute(
+                select(Message.id, Message.created_at)
                 .join(Conversation, Conversation.id == Message.conversation_id)
                 .where(
                     Message.role == MessageRole.USER,
@@ -80,19 +80,19 @@ def sweep_pending(services: Wiring, older_than_s: int = defaults.SWEEP_AFTER_S,
             ).all()
         if not page:
             break
-        after_id = page[-1]
-        for message_id in page:
-            if _sweep_one(services, check, in_lists, message_id):
-                requeued.append(message_id)
+        after_id = page[-1].id
+        for message in page:
+            if _sweep_one(services, check, in_lists, message):
+                requeued.append(message.id)
     if requeued:
         log.warning("stranded pending messages enqueued again",
                     extra={"count": len(requeued), "message_ids": requeued[:20]})
     return requeued
 
 
-def _sweep_one(services: Wiring, check, in_lists: set[bytes], message_id: int) -> bool:
-    """True if the message's job was enqueued (or pushed) again."""
-    job_id = reply_job_id(message_id)
+def _sweep_one(services: Wiring, check, in_lists: set[bytes], message) -> bool:
+    """True if the message's job (`message`: a row of id and created_at) was enqueued again."""
+    job_id = reply_job_id(services.queue.name, message)
     if job_id.encode() in in_lists:
         return False  # waiting its turn
     queue = services.queue
@@ -101,7 +101,7 @@ def _sweep_one(services: Wiring, check, in_lists: set[bytes], message_id: int) -
     if state == "pushed":
         return True
     if state == "missing":
-        enqueue_reply(services.queue, services.settings, message_id)
+        enqueue_reply(services.queue, services.settings, message)
         return True
     if state not in _TERMINAL:
         return False  # queued, started, scheduled, deferred...: RQ will run it
@@ -115,7 +115,7 @@ def _sweep_one(services: Wiring, check, in_lists: set[bytes], message_id: int) -
         if job.get_status(refresh=True) not in _TERMINAL:
             return False
         job.delete()
-    enqueue_reply(services.queue, services.settings, message_id)
+    enqueue_reply(services.queue, services.settings, message)
     return True
 
 
