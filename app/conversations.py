@@ -47,6 +47,7 @@ def message_json(message: Message) -> dict:
         "status": message.status,
         "reply_to": message.reply_to,
         "created_at": iso(message.created_at),
+        "failure_reason": message.failure_reason,
     }
 
 
@@ -342,6 +343,8 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
         if message.status != MessageStatus.FAILED:
             raise Conflict(f"only a failed message can be retried; this one is {message.status}")
         message.status = MessageStatus.PENDING
+        message.attempts = 0  # a new round of attempts
+        message.failure_reason = None
     job_id = jobqueue.requeue_reply(services.queue, services.settings, message)
     retried = message_json(message)
     services.events.announce(

@@ -56,6 +56,14 @@ def reply_job_id(queue_name: str, message: Stored) -> str:
     return f"reply-{queue_name}-{message.id}-{micros}"
 
 
+def _retry(retries: int) -> Retry:
+    """`retries` agent attempts after the first, then one more run: a work-horse killed on the last
+    attempt runs no failure callback, and this last run finds the message's attempts used up
+    (counted in the database) and fails it visibly, within the retry schedule."""
+    intervals = [*defaults.RETRY_INTERVALS_S[:retries], defaults.RETRY_INTERVALS_S[0]]
+    return Retry(max=retries + 1, interval=intervals)
+
+
 def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
     """Enqueue the reply job of a committed user message; a job already there is left alone.
 
@@ -71,7 +79,7 @@ def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
             job_id=job_id,
             unique=True,
             job_timeout=settings.job_timeout_s,
-            retry=Retry(max=retries, interval=list(defaults.RETRY_INTERVALS_S[:retries])) if retries else None,
+            retry=_retry(retries),
             on_failure=Callback(REPLY_FAILED_CALLBACK),
             description=f"reply to message {message.id}",
         )

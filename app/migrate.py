@@ -27,11 +27,19 @@ def current_revision(db: Database) -> str | None:
 
 
 def upgrade(db: Database, revision: str = "head") -> str | None:
-    """Bring the schema to `revision`. A database made by the old `create_all` (tables, no
-    alembic_version) is adopted: stamped at the first revision, then upgraded."""
+    """Bring the schema to `revision`. A database made by `create_all` (tables, no
+    alembic_version) is adopted: stamped at the newest revision if it already has the models'
+    tables and columns (made by this version), else at the first one (made before migrations
+    existed), then upgraded."""
     config = alembic_config(db.url)
     tables = set(inspect(db.engine).get_table_names())
     if "conversations" in tables and "alembic_version" not in tables:
-        command.stamp(config, "0001")
+        from alembic.autogenerate import compare_metadata
+
+        from app.models import Base
+
+        with db.engine.connect() as connection:
+            current = not compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        command.stamp(config, "head" if current else "0001")
     command.upgrade(config, revision)
     return current_revision(db)

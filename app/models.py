@@ -100,6 +100,13 @@ class Conversation(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class FailureReason:
+    AGENT_ERROR = "agent_error"  # the agent answered with an error, every attempt
+    TIMEOUT = "timeout"  # the job ran past ARZANI_JOB_TIMEOUT
+    WORKER_DIED = "worker_died"  # its work-horse died (SIGKILL, out of memory) on every attempt
+    ERROR = "error"  # anything else
+
+
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -117,3 +124,8 @@ class Message(Base):
     reply_to: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), unique=True)
     client_message_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A user message: agent calls started for it, counted in the database when each starts (a
+    # work-horse killed mid-call runs no failure callback: the count is what remembers it).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why its reply failed (FailureReason), shown by the API; null while it has not failed.
+    failure_reason: Mapped[str | None] = mapped_column(String(32))

@@ -69,7 +69,8 @@ SCHEMAS = {
     },
     "Message": {
         "type": "object",
-        "required": ["id", "conversation_id", "role", "content", "status", "reply_to", "created_at"],
+        "required": ["id", "conversation_id", "role", "content", "status", "reply_to", "created_at",
+                     "failure_reason"],
         "properties": {
             "id": {"type": "integer"},
             "conversation_id": {"type": "string"},
@@ -78,6 +79,8 @@ SCHEMAS = {
             "status": {"type": "string", "enum": ["pending", "answered", "failed", "complete"]},
             "reply_to": {"type": ["integer", "null"]},
             "created_at": TIME,
+            "failure_reason": {"type": ["string", "null"],
+                               "enum": ["agent_error", "timeout", "worker_died", "error", None]},
         },
     },
     "Conversation": {

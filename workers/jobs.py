@@ -15,17 +15,17 @@ import sys
 from urllib.parse import quote
 
 from redis.exceptions import RedisError
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import events, metrics
 from app.config import Settings
 from app.conversations import message_json
 from app.logs import configure_logging
-from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from app.models import Conversation, FailureReason, Message, MessageRole, MessageStatus, utcnow
 from app.sessions import process_name
 from app.wiring import Wiring
-from workers.agents import Turn, make_agent
+from workers.agents import AgentError, Turn, make_agent
 
 log = logging.getLogger("arzani.jobs")
 
@@ -174,9 +174,15 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
             _mark_answered(svc, user_message_id)
             return False
         history = _history(db, conversation.id, user_message_id)
+    if not _count_attempt(svc, conversation, user_message_id):
+        return False
     # A new epoch in the session's event log: pages drop any text of an earlier attempt at this reply.
     generation = events.Generation(svc.events, conversation.session_id, user_message_id)
-    text = agent.reply(conversation.id, history, on_token=generation.token)
+    try:
+        text = agent.reply(conversation.id, history, on_token=generation.token)
+    except Exception as error:
+        _record_failure(svc, conversation, user_message_id, _reason(error))
+        raise  # RQ retries the job after its interval
     now = utcnow()
     try:
         with svc.db.write() as db:
@@ -211,6 +217,72 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
     return True
 
 
+def _max_attempts(svc: Wiring) -> int:
+    return svc.settings.reply_retries + 1
+
+
+def _count_attempt(svc: Wiring, conversation: Conversation, user_message_id: int) -> bool:
+    """Count an agent call in the database before making it. False (no call) when the message is
+    no longer pending, or has used all its attempts: then it is marked failed, with the reason an
+    attempt recorded, or `worker_died` (a work-horse killed mid-call records nothing). So a message
+    that kills every horse that tries it fails visibly, and later messages of its session go on."""
+    with svc.db.write() as db:
+        counted = db.execute(
+            update(Message)
+            .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING,
+                   Message.attempts < _max_attempts(svc))
+            .values(attempts=Message.attempts + 1)
+        ).rowcount
+        if counted:
+            return True
+        exhausted = db.execute(
+            update(Message)
+            .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING)
+            .values(status=MessageStatus.FAILED,
+                    failure_reason=func.coalesce(Message.failure_reason, FailureReason.WORKER_DIED))
+        ).rowcount
+        reason = db.scalar(select(Message.failure_reason).where(Message.id == user_message_id))
+    if exhausted:
+        _announce_failure(svc, conversation, user_message_id, reason)
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    from rq.timeouts import JobTimeoutException
+
+    if isinstance(error, JobTimeoutException):
+        return FailureReason.TIMEOUT
+    if isinstance(error, AgentError):
+        return FailureReason.AGENT_ERROR
+    return FailureReason.ERROR
+
+
+def _record_failure(svc: Wiring, conversation: Conversation, user_message_id: int, reason: str) -> None:
+    """An attempt failed with an error: remember why; after the last attempt, fail the message now
+    (its RQ retry then finds it failed and goes on with the session's later messages)."""
+    with svc.db.write() as db:
+        db.execute(update(Message).where(Message.id == user_message_id, Message.status == MessageStatus.PENDING)
+                   .values(failure_reason=reason))
+        failed = db.execute(
+            update(Message)
+            .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING,
+                   Message.attempts >= _max_attempts(svc))
+            .values(status=MessageStatus.FAILED)
+        ).rowcount
+    if failed:
+        _announce_failure(svc, conversation, user_message_id, reason)
+
+
+def _announce_failure(svc: Wiring, conversation: Conversation, user_message_id: int, reason: str | None) -> None:
+    metrics.reply_failures.inc()
+    svc.events.announce(
+        svc.events.to_session(conversation.session_id, "failed", message_id=user_message_id, failure_reason=reason),
+        svc.events.to_user(conversation.user_id, "failed", conversation_id=conversation.id,
+                           session_id=conversation.session_id, message_id=user_message_id, failure_reason=reason))
+    log.error("reply failed for good: message marked failed",
+              extra={"message_id": user_message_id, "conversation_id": conversation.id, "reason": reason})
+
+
 def _mark_answered(svc: Wiring, user_message_id: int) -> None:
     with svc.db.write() as db:
         db.execute(update(Message).where(Message.id == user_message_id,
@@ -219,26 +291,23 @@ def _mark_answered(svc: Wiring, user_message_id: int) -> None:
 
 
 def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
-    """RQ failure callback: runs after every failed attempt; acts only after the last one."""
+    """RQ failure callback, a fallback: an agent error already failed its message after its last
+    attempt (`_record_failure`), and a horse that died is caught by the next attempt's count. This
+    acts only when RQ has no retry left for the job and its message is still pending (an error
+    outside the agent call, say the database): the message fails visibly rather than wait."""
     if job.should_retry:
         return
     message_id = job.args[0]
     svc = services()
+    reason = _reason(exc_value) if isinstance(exc_value, BaseException) else FailureReason.ERROR
     with svc.db.write() as db:
         changed = db.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
-            .values(status=MessageStatus.FAILED)
+            .values(status=MessageStatus.FAILED, failure_reason=func.coalesce(Message.failure_reason, reason))
         ).rowcount
         conversation = db.scalar(select(Conversation).join(Message, Message.conversation_id == Conversation.id)
                                  .where(Message.id == message_id))
-    if changed:
-        metrics.reply_failures.inc()
+        recorded = db.scalar(select(Message.failure_reason).where(Message.id == message_id))
     if changed and conversation is not None:
-        svc.events.announce(
-            svc.events.to_session(conversation.session_id, "failed", message_id=message_id),
-            svc.events.to_user(conversation.user_id, "failed", conversation_id=conversation.id,
-                               session_id=conversation.session_id, message_id=message_id))
-    log.error("reply failed for good: message marked failed",
-              extra={"message_id": message_id, "job_id": job.id, "changed": changed,
-                     "error": exc_type.__name__ if exc_type else None})
+        _announce_failure(svc, conversation, message_id, recorded)

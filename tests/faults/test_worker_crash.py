@@ -82,3 +82,27 @@ def test_the_same_job_running_on_two_workers_at_once_leaves_one_reply(api, servi
     assert services.queue.failed_job_registry.count == 0
     assert len(replies_of(services, posted["conversation_id"])) == 1
     assert status_of(api, posted["conversation_id"]) == ["answered", "complete"]
+
+
+def test_a_message_that_kills_every_horse_fails_visibly_and_blocks_nothing(api, services, workers, fake_llm):
+    """Issue 11, hole 3: every work-horse that tries the poisoned message dies (SIGKILL, as the
+    OOM killer or RQ's timeout would). No failure callback runs; the attempts counted in the
+    database fail the message with `worker_died` within the retry schedule, and the session's
+    next message is answered."""
+    attempts = services.settings.reply_retries + 1  # the fixture's settings: 2 retries, 3 calls
+    worker = workers.start_worker("w1", "--with-scheduler")
+    fake_llm.hold()
+    session_id = new_session_id()
+    poisoned = api.send(session_id, "poison").json
+    for n in range(1, attempts + 1):
+        fake_llm.wait_for_requests(n, timeout=60)  # a horse is inside the agent call: kill it
+        os.kill(horse_of(worker.pid), signal.SIGKILL)
+    wait_for(lambda: status_of(api, poisoned["conversation_id"]) == ["failed"], 60,
+             "the poisoned message to fail (the last run after the retries)")
+    message = api.get(f"/api/conversations/{poisoned['conversation_id']}").json["messages"][0]
+    assert message["failure_reason"] == "worker_died"
+    assert len(fake_llm.requests) == attempts  # the last run made no agent call
+    fake_llm.release()
+    assert api.send(session_id, "and now a normal one").status_code == 202
+    wait_for(lambda: status_of(api, poisoned["conversation_id"]) == ["failed", "answered", "complete"], 60,
+             "the next message of the session to be answered")
