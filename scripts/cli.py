@@ -144,6 +144,18 @@ def sweep(ctx: Context, older_than_s: int) -> None:
                (f" for message(s) {', '.join(map(str, requeued))}" if requeued else ""))
 
 
+@cli.command("cron")
+@pass_context
+def cron_scheduler(ctx: Context) -> None:
+    """Run the maintenance schedule (workers/cron.py) with RQ's cron scheduler, surviving Redis
+    outages (the Procfile's `cron:`; run exactly one)."""
+    from app.logs import configure_logging
+    from workers import scheduler
+
+    configure_logging(ctx.services.settings.log_level)
+    scheduler.run(ctx.services.rq_redis)
+
+
 @cli.command("reconcile")
 @click.option("--fix", is_flag=True, help="repair what it finds (the database wins)")
 @pass_context

@@ -1,6 +1,6 @@
-"""`rq cron workers.cron`: the maintenance schedule. RQ's cron has no lock: run exactly one
-(the Procfile's `cron:` line; `make run` starts one). Every interval is configurable; 0 turns a
-job off.
+"""The maintenance schedule, run by `arzani cron` (workers/scheduler.py: RQ's cron scheduler, kept
+alive across Redis outages). RQ's cron has no lock: run exactly one (the Procfile's `cron:` line;
+`make run` starts one). Every interval is configurable; 0 turns a job off.
 
 | variable | job | default |
 | --- | --- | --- |

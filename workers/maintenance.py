@@ -4,7 +4,7 @@ A user message is committed before its job is enqueued. If the enqueue fails (Re
 moment), or the queued job is lost (Redis restarted empty), the message would wait forever. The
 sweeper finds user messages still `pending` after a threshold whose reply job is not queued,
 scheduled or running, and enqueues it again (same job id, so never twice at once).
-Run by `rq cron workers.cron` (see Procfile) and by `arzani sweep`.
+Run by `arzani cron` (the Procfile's `cron:`, workers/scheduler.py) and by `arzani sweep`.
 """
 
 from __future__ import annotations

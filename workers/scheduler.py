@@ -1,0 +1,43 @@
+"""`arzani cron`: RQ's cron scheduler running the maintenance schedule of workers/cron.py, kept
+alive across Redis outages.
+
+`rq cron` exits on the first Redis connection error, and it is what runs the sweeper, reconcile
+and cleanup; under a Procfile runner one exiting process stops the others too. This runs the same
+`rq.cron.CronScheduler` and, when Redis goes away, says so in one line and starts it again with
+backoff (1 s, doubling, at most 30 s) until Redis answers; a stop (SIGTERM, Ctrl-C) still ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("arzani.scheduler")
+
+SCHEDULE = "workers.cron"
+MAX_BACKOFF_S = 30.0
+
+
+def run(connection: Redis, *, schedule: str = SCHEDULE, sleep=time.sleep) -> None:
+    """Run the scheduler until it is asked to stop; outlive any Redis outage."""
+    from rq.cron import CronScheduler
+
+    backoff = 1.0
+    while True:
+        scheduler = CronScheduler(connection=connection, logging_level=logging.WARNING)
+        scheduler.load_config_from_file(schedule)
+        started = time.monotonic()
+        try:
+            scheduler.start()  # returns on SIGTERM, SIGINT (StopRequested, KeyboardInterrupt)
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            if time.monotonic() - started > MAX_BACKOFF_S:
+                backoff = 1.0  # it ran a while: a new outage starts the backoff again
+            log.warning("cron scheduler lost Redis (%s): starting it again in %.0f s",
+                        type(error).__name__, backoff)
+        sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
