@@ -91,6 +91,9 @@ class Database:
         # the worker's monkey-patching, so it is a greenlet-aware lock there.)
         self._write_lock = threading.RLock() if self.is_sqlite else None
         _dispose_after_fork(self.engine)
+        if self.is_sqlite:  # a fork (gunicorn, an RQ work-horse) must not inherit the lock held
+            database = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _renew_write_lock(database))
 
     @property
     def insert(self):
@@ -125,6 +128,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _renew_write_lock(database: weakref.ref) -> None:
+    db = database()
+    if db is not None:
+        db._write_lock = threading.RLock()
 
 
 def _dispose_after_fork(engine: Engine) -> None:
