@@ -165,7 +165,6 @@ class Publisher:
             log.warning("events not appended (Redis unavailable): pages catch up from the database",
                         extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})
 
-
     def settle(self, session_id: str) -> None:
         """A reply is attached: its session's log is kept `retain_s` more for late readers."""
         try:
