@@ -276,9 +276,11 @@ def _record_failure(svc: Wiring, conversation: Conversation, user_message_id: in
 def _announce_failure(svc: Wiring, conversation: Conversation, user_message_id: int, reason: str | None) -> None:
     metrics.reply_failures.inc()
     svc.events.announce(
-        svc.events.to_session(conversation.session_id, "failed", message_id=user_message_id, failure_reason=reason),
+        svc.events.to_session(conversation.session_id, "failed", reply_to=user_message_id, message_id=user_message_id,
+                              failure_reason=reason),
         svc.events.to_user(conversation.user_id, "failed", conversation_id=conversation.id,
-                           session_id=conversation.session_id, message_id=user_message_id, failure_reason=reason))
+                           session_id=conversation.session_id, reply_to=user_message_id, message_id=user_message_id,
+                           failure_reason=reason))
     log.error("reply failed for good: message marked failed",
               extra={"message_id": user_message_id, "conversation_id": conversation.id, "reason": reason})
 
