@@ -202,7 +202,10 @@ def test_the_procfile_passes_redis_urls_by_environment_not_argv():
 
     procfile = parse_procfile((Path(__file__).resolve().parents[1] / "Procfile").read_text()).processes
     for name in ("worker", "cron"):
-        assert "--url" not in procfile[name] and procfile[name].startswith('RQ_REDIS_URL="$REDIS_URL" rq ')
+        assert "--url" not in procfile[name] and "REDIS_URL" not in procfile[name].split(" ", 1)[1].replace(
+            'RQ_REDIS_URL="$REDIS_URL"', "")
+    assert procfile["worker"].startswith('RQ_REDIS_URL="$REDIS_URL" rq worker ')  # RQ reads it from there
+    assert procfile["cron"] == "arzani cron"  # reads REDIS_URL through app/config.py
 
 
 @pytest.mark.slow
