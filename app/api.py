@@ -145,7 +145,7 @@ def session_events(session_id: str):
     retained log is replayed first (a reply being written shows at once). A session id nobody has
     yet is reserved for the caller, so a client can listen before its first message."""
     session_id = _session_id(session_id)
-    get_wiring().sessions.claim_or_require_owner(session_id, _user_id())
+    get_wiring().sessions.require_owner(session_id, _user_id(), claim=True)
     return _event_stream(events.session_log(session_id), replay=True)
 
 

@@ -406,26 +406,17 @@ class SessionService:
 
     # -- ownership and the status view -------------------------------------------------------
 
-    def require_owner(self, session_id: str, user_id: int) -> None:
-        """NotFound unless the session is `user_id`'s (tracked for them, or their conversation's)."""
-        owner = self.redis.hget(keys.session_key(session_id), "user_id")
-        if owner is not None:
-            ensure_owner([int(owner)], user_id)
-            return
-        with self.db.read() as db:
-            owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id))
-            ensure_owner(owners, user_id, known=True)
-
-    def claim_or_require_owner(self, session_id: str, user_id: int) -> None:
-        """For a client about to use a session: NotFound if it is another user's (exactly like
-        require_owner); an id nobody has yet is reserved for `user_id`, so that listening before
-        the first message works and nobody else can then use (or listen to) that id."""
+    def require_owner(self, session_id: str, user_id: int, *, claim: bool = False) -> None:
+        """NotFound unless the session is `user_id`'s (tracked for them, or their conversation's).
+        With `claim` (a client about to use the session: listening before its first message), an
+        id nobody has yet is reserved for `user_id` instead, so that nobody else can then use or
+        listen to it; another user's session is NotFound all the same."""
         owner = self.redis.hget(keys.session_key(session_id), "user_id")
         if owner is None:
             with self.db.read() as db:
                 owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id)).all()
-            if owners:
-                ensure_owner(owners, user_id)
+            if owners or not claim:
+                ensure_owner(owners, user_id, known=True)
                 return
             self.reserve(session_id, user_id)  # HSETNX: of two racing claims the first stays
             owner = self.redis.hget(keys.session_key(session_id), "user_id")

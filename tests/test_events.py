@@ -154,3 +154,31 @@ def test_a_stalled_llm_times_out_as_an_agent_error(fake_llm):
     with pytest.raises(agents.AgentError, match="timed out"):
         agent.reply("c", [agents.Turn("user", "hello?")])
     fake_llm.release()
+
+
+def test_two_users_claiming_one_new_session_id_at_once_get_it_once(make_api, services):
+    """The same unknown id listened to by two users at the same instant: one owns it, the other
+    is refused (HSETNX), whichever comes first, never both."""
+    import threading
+
+    from app.errors import NotFound
+
+    alice, bob = make_api("alice"), make_api("bob")
+    session_id = new_session_id()
+    barrier, outcomes = threading.Barrier(8), []
+
+    def claim(user_id):
+        barrier.wait()
+        try:
+            services.sessions.require_owner(session_id, user_id, claim=True)
+            outcomes.append(user_id)
+        except NotFound:
+            outcomes.append(None)
+
+    threads = [threading.Thread(target=claim, args=(user.user_id,)) for user in (alice, bob) * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    owners = {o for o in outcomes if o is not None}
+    assert len(outcomes) == 8 and len(owners) == 1 and outcomes.count(None) == 4

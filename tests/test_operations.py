@@ -91,6 +91,17 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
                         "(session_id) WHERE deleted_at IS NULL"))
 
 
+def make_orphan(services, api, session_id: str) -> Conversation:
+    """A two-day-old conversation whose first message never arrived, tracked by its session key."""
+    with services.db.write() as db:
+        orphan = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:gone:1",
+                              created_at=utcnow() - timedelta(days=2))
+        db.add(orphan)
+    services.redis.hset(keys.session_key(session_id), mapping={"conversation_id": orphan.id,
+                                                               "user_id": api.user_id})
+    return orphan
+
+
 def test_cleanup_never_deletes_a_message_posted_while_it_runs(api, services):
     """Issue 11, hole 1: cleanup picks an orphan, then a real message is posted to its session
     just before cleanup's DELETE runs (forced with an engine event). The message was answered
@@ -102,12 +113,7 @@ def test_cleanup_never_deletes_a_message_posted_while_it_runs(api, services):
     from app import operations
 
     session_id = new_session_id()
-    with services.db.write() as db:  # a conversation whose first message never arrived
-        orphan = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:gone:1",
-                              created_at=utcnow() - timedelta(days=2))
-        db.add(orphan)
-    services.redis.hset(keys.session_key(session_id), mapping={"conversation_id": orphan.id,
-                                                               "user_id": api.user_id})
+    make_orphan(services, api, session_id)
     posted, poster = {}, None
 
     def post_just_before_the_delete(conn, cursor, statement, parameters, context, executemany):
@@ -141,12 +147,7 @@ def test_cleanup_never_deletes_a_message_posted_while_it_runs(api, services):
 def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api, services):
     kept = api.send(new_session_id(), "a real chat").json
     orphan_session = new_session_id()
-    with services.db.write() as db:  # a conversation whose first message never arrived
-        orphan = Conversation(session_id=orphan_session, user_id=api.user_id, created_by="web:gone:1",
-                              created_at=utcnow() - timedelta(days=2))
-        db.add(orphan)
-    services.redis.hset(keys.session_key(orphan_session), mapping={"conversation_id": orphan.id,
-                                                                   "user_id": api.user_id})
+    orphan = make_orphan(services, api, orphan_session)
     services.redis.set(keys.lock_key("leftover-lock"), "token-of-a-dead-process")  # no TTL
     young_session = new_session_id()
     with services.db.write() as db:
