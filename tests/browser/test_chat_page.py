@@ -43,6 +43,55 @@ def test_the_seed_manual_test_step_by_step(live, open_chat):
     chat.screenshot("chat-page.png")
 
 
+@pytest.mark.parametrize("chat_open", [False, True], ids=["fresh-page", "chat-open"])
+def test_words_sent_while_new_chat_is_on_its_way_go_to_the_new_chat(live, open_chat, chat_open):
+    """Click New chat, then type and Send before POST /api/sessions has answered (a quick user, or
+    two web workers answering out of order: the seed test failed once this way). The words go to
+    the new chat, no second session is minted, and the reply shows there. The test holds the New
+    chat request until the send has started, so the interleaving happens every run."""
+    chat = open_chat(live)
+    earlier = None
+    if chat_open:  # a send that ignored New chat would land in this chat
+        chat.send("an earlier chat")
+        chat.wait_for_replies(1)
+        earlier = chat.status()["page"]
+    held, minted = [], []
+
+    def hold_the_first(route):
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        minted.append(route.request.url)
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    chat.page.route("**/api/sessions", hold_the_first)
+    with chat.page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/sessions")):
+        chat.page.click("#new-chat")
+    chat.send("for the new chat")
+    chat.page.wait_for_function("() => window.arzaniSessionSynchronizer.pendingSends === 1")
+    held[0].continue_()
+    # the new chat is open and holds a conversation (the send's), then its reply shows
+    chat.page.wait_for_function(
+        "(before) => { const s = window.arzaniSessionSynchronizer;"
+        " return s.sessionId && s.sessionId !== before && s.conversationId; }",
+        arg=earlier and earlier["session_id"], timeout=60_000)
+    chat.wait_for_replies(1)
+    status = chat.status()
+    assert len(minted) == 1, f"the page minted {len(minted)} sessions for one New chat"
+    assert status["consistent"] is True
+    messages = chat.api(f"/api/conversations/{status['page']['conversation_id']}")["messages"]
+    assert [(m["role"], m["content"][:16]) for m in messages][:1] == [("user", "for the new chat")]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    if earlier:
+        assert status["page"]["session_id"] != earlier["session_id"]
+        kept = chat.api(f"/api/conversations/{earlier['conversation_id']}")["messages"]
+        assert [m["content"] for m in kept if m["role"] == "user"] == ["an earlier chat"]
+    expect(chat.page.locator(".message.user")).to_have_count(1)
+
+
 def test_the_page_works_on_a_phone_sized_screen(live, browser):
     phone = browser.new_context(viewport={"width": 390, "height": 760}, is_mobile=True, has_touch=True,
                                 reduced_motion="reduce")

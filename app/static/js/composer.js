@@ -22,8 +22,10 @@ async function send(content) {
   const box = $("content");
   box.value = "";
   let local = null;
-  let sessionId = synchronizer.sessionId;
+  let sessionId = null;
   try {
+    // Words typed after a click on New chat belong to the new chat, even if it has not answered yet.
+    sessionId = await synchronizer.settled();
     if (!sessionId) sessionId = await synchronizer.newChat();
     if (!state.draft || state.draft.content !== content || state.draft.sessionId !== sessionId) {
       state.draft = { content, sessionId, clientMessageId: newClientMessageId() };

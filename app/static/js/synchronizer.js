@@ -8,6 +8,11 @@ export const synchronizer = {
   sessionId: null,
   conversationId: null,
   pendingSends: 0,
+  // The New chat being made (its promise) while POST /api/sessions is on its way: a send waits for
+  // it instead of minting a second session, and a late answer never switches away from a chat the
+  // user opened meanwhile (`uses` counts switches).
+  making: null,
+  uses: 0,
   listeners: [],
   streams: null, // () => the event streams' state and positions (replies.js)
 
@@ -17,14 +22,29 @@ export const synchronizer = {
     return this.sessionId;
   },
 
-  async newChat() {
-    const { session_id } = await api("POST", "/api/sessions");
-    console.info("Session synchronization: new chat", { session_id, previous: this.sessionId });
-    this.use(session_id, null);
-    return session_id;
+  newChat() {
+    if (!this.making) {
+      const uses = this.uses;
+      this.making = api("POST", "/api/sessions").then(({ session_id }) => {
+        if (this.uses !== uses) return this.sessionId; // another chat was opened meanwhile: it stays open
+        console.info("Session synchronization: new chat", { session_id, previous: this.sessionId });
+        this.use(session_id, null);
+        return session_id;
+      }).finally(() => { this.making = null; });
+    }
+    return this.making;
+  },
+
+  // The open chat's session id once any New chat on its way has answered (null: none yet).
+  async settled() {
+    if (this.making) {
+      try { await this.making; } catch { /* the New chat failed (its button said so): the open chat stays */ }
+    }
+    return this.sessionId;
   },
 
   use(sessionId, conversationId) {
+    this.uses += 1;
     const switched = sessionId !== this.sessionId;
     if (switched && this.sessionId) {
       console.info("Session synchronization: switch",
