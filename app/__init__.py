@@ -17,7 +17,6 @@ from app import wiring
 from app.config import Settings
 from app.errors import ArzaniError, Unavailable
 from app.logs import configure_logging
-from app.ratelimit import RateLimited
 from app.wiring import Wiring
 
 log = logging.getLogger("arzani.web")
@@ -79,7 +78,7 @@ def _register_error_handlers(app: Flask) -> None:
         if exc.status >= 500:
             log.warning("request failed: %s", exc.message, extra={"path": request.path})
         response = error_response(exc.code, exc.message, exc.status)
-        if isinstance(exc, RateLimited):
+        if getattr(exc, "retry_after_s", None) is not None:  # rate limited; a session still answering
             response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
 

@@ -7,8 +7,9 @@ import secrets
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from app import conversations, events, keys
+from app import conversations, events, keys, runs
 from app.auth import authenticate
+from app.defaults import IF_BUSY_POLICIES
 from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
 from app.wiring import get_wiring
 
@@ -92,15 +93,18 @@ def _text(body: dict, name: str, *, required: bool, max_chars: int | None = None
     return value
 
 
-def message_body() -> tuple[str, str | None]:
-    """(content, client_message_id) of a POST .../messages body, validated (the bench's baseline
-    endpoint parses with this too)."""
-    body = _json_object({"content", "client_message_id"})
+def message_body() -> tuple[str, str | None, str | None]:
+    """(content, client_message_id, if_busy) of a POST .../messages body, validated (the bench's
+    baseline endpoint parses with this too). if_busy is None when the body does not say."""
+    body = _json_object({"content", "client_message_id", "if_busy"})
     content = _text(body, "content", required=True)
     if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
         raise ContentTooLarge()
     client_message_id = _text(body, "client_message_id", required=False, max_chars=MAX_CLIENT_MESSAGE_ID)
-    return content, client_message_id
+    if_busy = body.get("if_busy")
+    if if_busy is not None and if_busy not in IF_BUSY_POLICIES:
+        raise InvalidBody(f"if_busy must be one of {', '.join(IF_BUSY_POLICIES)}")
+    return content, client_message_id, if_busy
 
 
 @bp.post("/sessions")
@@ -115,8 +119,13 @@ def create_session():
 def post_message(session_id: str):
     session_id = _session_id(session_id)
     user_id = _user_id()
-    content, client_message_id = message_body()
-    posted = conversations.post_message(get_wiring(), user_id, session_id, content, client_message_id)
+    content, client_message_id, if_busy = message_body()
+    wiring = get_wiring()
+    policy = if_busy or wiring.settings.if_busy
+    if policy == "interrupt":  # the reply being written is stopped first; this message follows it
+        runs.stop(wiring, user_id, session_id, missing_ok=True)
+    posted = conversations.post_message(wiring, user_id, session_id, content, client_message_id,
+                                        reject_if_busy=policy == "reject")
     response = jsonify(posted.json())
     response.status_code = 202 if posted.created else 200
     response.headers["Arzani-Session-Resolution"] = posted.resolution
@@ -147,6 +156,16 @@ def session_events(session_id: str):
     session_id = _session_id(session_id)
     get_wiring().sessions.require_owner(session_id, _user_id(), claim=True)
     return _event_stream(events.session_log(session_id), replay=True)
+
+
+@bp.post("/sessions/<session_id>/stop")
+def stop_reply(session_id: str):
+    """Stop the reply being written in this session (on whichever worker writes it): no token and
+    no reply is committed after this answer; the text written so far is kept as the reply, marked
+    `stopped`. Nothing being answered: 200 with "stopped": null."""
+    session_id = _session_id(session_id)
+    stopped = runs.stop(get_wiring(), _user_id(), session_id)
+    return jsonify({"session_id": session_id, "stopped": stopped})
 
 
 @bp.get("/events")

@@ -164,6 +164,8 @@ class Settings:
     model: str = defaults.MODEL
     reply_retries: int = defaults.REPLY_RETRIES
     job_timeout_s: int = defaults.JOB_TIMEOUT_S
+    if_busy: str = defaults.IF_BUSY
+    generation_lease_s: float = defaults.GENERATION_LEASE_S
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
     agent_timeout_s: float = defaults.AGENT_TIMEOUT_S
     sse_max_s: float = defaults.SSE_MAX_S
@@ -218,6 +220,9 @@ class Settings:
             model=environ.get("ARZANI_MODEL") or defaults.MODEL,
             reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", defaults.REPLY_RETRIES, minimum=0),
             job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", defaults.JOB_TIMEOUT_S),
+            if_busy=_choice(environ, "ARZANI_IF_BUSY", defaults.IF_BUSY, defaults.IF_BUSY_POLICIES),
+            generation_lease_s=_float(environ, "ARZANI_GENERATION_LEASE_S", defaults.GENERATION_LEASE_S,
+                                      minimum=1.0),
             sse_max_s=_float(environ, "ARZANI_SSE_MAX_S", defaults.SSE_MAX_S),
             events_retain_s=_float(environ, "ARZANI_EVENTS_RETAIN_S", defaults.EVENTS_RETAIN_S,
                                    minimum=1.0),

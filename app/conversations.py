@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import jobqueue, metrics
-from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound, SessionBusy
+from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound, SessionAnswering, SessionBusy
 from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 from app.sessions import process_name
 
@@ -48,6 +48,7 @@ def message_json(message: Message) -> dict:
         "reply_to": message.reply_to,
         "created_at": iso(message.created_at),
         "failure_reason": message.failure_reason,
+        "context_upto": message.context_upto,
     }
 
 
@@ -85,12 +86,15 @@ def post_message(
     session_id: str,
     content: str,
     client_message_id: str | None = None,
+    *,
+    reject_if_busy: bool = False,
 ) -> PostedMessage:
     """Store a user message in its session's conversation (committed), then enqueue its reply.
 
     `client_message_id` is idempotent per session: a retry answers with the first message even
     if its conversation was deleted since (nothing new is created), and the same id with other
-    content is an IdempotencyConflict."""
+    content is an IdempotencyConflict. `reject_if_busy` (if_busy=reject): SessionAnswering, and
+    nothing stored, while a reply of the session is awaited."""
     if client_message_id is not None:
         original = _find_in_session(services, session_id, user_id, client_message_id)
         if original is not None:
@@ -99,7 +103,7 @@ def post_message(
         resolved = services.sessions.resolve(session_id, user_id)
         try:
             message = store_user_message(services, resolved.conversation_id, session_id, user_id,
-                                         content, client_message_id)
+                                         content, client_message_id, reject_if_busy=reject_if_busy)
             break
         except StaleConversation:
             # The tracked key named a conversation the database does not have live for this
@@ -149,6 +153,8 @@ def store_user_message(
     user_id: int,
     content: str,
     client_message_id: str | None,
+    *,
+    reject_if_busy: bool = False,
 ) -> Message | None:
     """Commit a `pending` user message to `conversation_id`, after checking in the same statement
     that it is the live conversation of this session and user (StaleConversation if not). None
@@ -175,6 +181,10 @@ def store_user_message(
             ).rowcount
             if bumped != 1:
                 raise StaleConversation()
+            # After the UPDATE, which holds the conversation's row (PostgreSQL) or the write lock
+            # (SQLite): two rejecting posts at once cannot both see the session idle.
+            if reject_if_busy and answering(db, conversation_id):
+                raise SessionAnswering()
             message = Message(
                 conversation_id=conversation_id,
                 role=MessageRole.USER,
@@ -190,6 +200,13 @@ def store_user_message(
         if client_message_id is None:
             raise
         return None
+
+
+def answering(db: Session, conversation_id: str) -> bool:
+    """True while a user message of the conversation awaits its reply (the assistant is busy)."""
+    return db.scalar(select(Message.id).where(Message.conversation_id == conversation_id,
+                                              Message.role == MessageRole.USER,
+                                              Message.status == MessageStatus.PENDING).limit(1)) is not None
 
 
 def _title_from(content: str) -> str:

@@ -45,6 +45,19 @@ REPLY_RETRIES = 3
 RETRY_INTERVALS_S = (1, 5, 15)
 """Waits between reply attempts (run by the worker's scheduler, `rq worker --with-scheduler`)."""
 
+IF_BUSY = "enqueue"
+"""ARZANI_IF_BUSY: what a message sent while the assistant is still answering does, unless the
+request says (`if_busy`): `enqueue` (answered in order, after the current reply), `reject` (409
+session_busy, nothing stored) or `interrupt` (the current reply is stopped, then this message is
+answered with the whole history, the stopped reply's partial text included)."""
+
+IF_BUSY_POLICIES = ("enqueue", "reject", "interrupt")
+
+GENERATION_LEASE_S = 15.0
+"""ARZANI_GENERATION_LEASE_S: a reply being written is claimed in the database for this long and
+renewed every third of it by the worker writing it; a claim not renewed (its worker died or
+stalled) may be taken over by another run."""
+
 JOB_TIMEOUT_S = 120
 """ARZANI_JOB_TIMEOUT: RQ kills a reply job's work-horse after this."""
 

@@ -67,6 +67,14 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class SessionAnswering(Conflict):
+    """The assistant is still answering this session (if_busy=reject): nothing was stored; send
+    again once the reply is there, or with if_busy=enqueue or interrupt."""
+
+    code = "session_busy"
+    retry_after_s = 2
+
+
 class ContentTooLarge(ArzaniError):
     """Message content is limited to 32 KiB."""
 

@@ -179,25 +179,112 @@ def _is_cluster(client) -> bool:
     return isinstance(client, RedisCluster)
 
 
+_OPEN_RUN = """
+-- KEYS[1]: the session's log; KEYS[2]: its run key (keys.run_key)
+-- ARGV[1..5]: as _APPEND (maxlen, type, data, ttl_ms, channel)
+-- ARGV[6]: this generation, MID:ATTEMPT; ARGV[7]: the stop mark of its message, stopped:MID
+-- Makes this generation the one whose tokens the log takes, and appends its `start`, unless the
+-- message was stopped first: then nothing, and false.
+if redis.call('GET', KEYS[2]) == ARGV[7] then return false end
+redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+return id
+"""
+
+_APPEND_FENCED = """
+-- KEYS[1]: the session's log; KEYS[2]: its run key
+-- ARGV[1..5]: as _APPEND; ARGV[6]: this generation, MID:ATTEMPT
+-- Appends (and announces) a token only while the run key still names this generation: after a
+-- Stop (stopped:MID) or a newer attempt's start, false, and nothing is written; 0 if the run key
+-- is gone (Redis lost it): nothing written either.
+local run = redis.call('GET', KEYS[2])
+if not run then return 0 end
+if run ~= ARGV[6] then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+return id
+"""
+
+
+class GenerationStopped(Exception):
+    """The log refused this generation's token: its message was stopped, or a newer attempt took
+    over. Raised from the agent's on_token, so the agent call ends there."""
+
+
+def stop_mark(message_id: int) -> str:
+    return f"stopped:{message_id}"
+
+
 class Generation:
     """One attempt at writing one reply: a `start` event whose id is the attempt's epoch, then its
     tokens, each naming the epoch. A retry's new epoch tells pages to drop the dead attempt's text.
-    If an append fails, the attempt stops streaming (a page must never show text with a hole in
-    it); the reply still attaches, and its `reply` event carries the whole text."""
 
-    def __init__(self, publisher: Publisher, session_id: str, reply_to: int):
+    Fenced: the start makes this generation the session's run (keys.run_key) and each token is
+    appended only while it still is, in one script, so no token is committed after a Stop or once
+    a newer attempt started; token() then raises GenerationStopped. If Redis fails instead, the
+    attempt stops streaming (a page must never show text with a hole in it): the reply still
+    attaches, and its `reply` event carries the whole text."""
+
+    def __init__(self, publisher: Publisher, session_id: str, reply_to: int, attempt: int):
         self.publisher = publisher
         self.session_id = session_id
         self.reply_to = reply_to
-        self.epoch = publisher.session(session_id, "start", reply_to=reply_to)
+        self.attempt = attempt
+        self.run = f"{reply_to}:{attempt}"
+        self.log = session_log(session_id)
+        self.run_key = keys.run_key(session_id)
+        self.refused = False
+        self.epoch = self._append(_OPEN_RUN, "start", {"reply_to": reply_to, "attempt": attempt},
+                                  stop_mark(reply_to))
         self.broken = self.epoch is None
+
+    def _append(self, script: str, kind: str, data: dict, *extra: str) -> str | None:
+        target = self.log
+        try:
+            entry = self.publisher.redis.eval(script, 2, target.key, self.run_key, target.maxlen, kind,
+                                              json.dumps({"type": kind, **data}), target.ttl_ms, target.channel,
+                                              self.run, *extra)
+        except RedisError as error:
+            log.warning("event not appended (Redis unavailable): the reply is no longer streamed",
+                        extra={"log": target.key, "event": kind, "error": type(error).__name__})
+            return None
+        if entry is None:
+            self.refused = True
+            raise GenerationStopped(self.run)
+        if entry == 0:  # Redis lost the run key (a restart): stream no more; the attach decides
+            log.warning("the session's run key is gone (Redis restarted?): the reply is no longer streamed",
+                        extra={"log": target.key, "event": kind})
+            return None
+        return entry
 
     def token(self, delta: str) -> None:
         if self.broken:
             return
-        appended = self.publisher.session(self.session_id, "token", reply_to=self.reply_to, epoch=self.epoch,
-                                          delta=delta)
+        appended = self._append(_APPEND_FENCED, "token",
+                                {"reply_to": self.reply_to, "epoch": self.epoch, "delta": delta})
         self.broken = appended is None
+
+
+def partial_text(redis: Redis, session_id: str, reply_to: int) -> str:
+    """The text the last generation of `reply_to` wrote to the session's log (its latest `start`,
+    then that epoch's tokens): what the page showed when the reply was stopped. Empty if the log
+    holds none (no token yet, or the log is gone)."""
+    epoch, pieces = None, []
+    for entry_id, fields in redis.xrange(keys.session_log(session_id)):
+        kind = fields.get("type")
+        if kind not in ("start", "token"):
+            continue
+        data = json.loads(fields.get("data") or "{}")
+        if data.get("reply_to") != reply_to:
+            continue
+        if kind == "start":
+            epoch, pieces = entry_id, []
+        elif data.get("epoch") == epoch:
+            pieces.append(data.get("delta") or "")
+    return "".join(pieces)
 
 
 # -- reading ---------------------------------------------------------------------------------

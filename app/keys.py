@@ -47,6 +47,13 @@ def session_log(session_id: str) -> str:
     return f"{session_key(session_id)}:log"
 
 
+def run_key(session_id: str) -> str:
+    """Which generation may write to the session's log: `MID:ATTEMPT` while one streams, or
+    `stopped:MID` once its reply was stopped (app/runs.py). Tokens are appended only while it
+    names their generation, in the same script, so none lands after a Stop."""
+    return f"{session_key(session_id)}:run"
+
+
 USER_PREFIX = "arzani:user:"
 
 

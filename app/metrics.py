@@ -32,6 +32,8 @@ jobs = Counter("arzani_reply_jobs", "Reply jobs run", ["outcome"])
 job_seconds = Histogram("arzani_reply_job_seconds", "Reply job duration",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 replies_attached = Counter("arzani_replies_attached", "Replies attached")
+replies_stopped = Counter("arzani_replies_stopped", "Replies stopped (Stop, or an interrupting message)")
+agent_calls = Counter("arzani_agent_calls", "Agent calls started (one per generation)")
 reply_failures = Counter("arzani_reply_failures", "User messages marked failed after the last retry")
 
 

@@ -51,10 +51,15 @@ class MessageRole:
 
 
 class MessageStatus:
+    """A user message: pending (its reply is awaited), answered, failed (the agent gave up) or
+    stopped (Stop, or an interrupting message: its reply, if any text came, is a stopped one).
+    An assistant message: complete, or stopped (the partial text written before the Stop)."""
+
     PENDING = "pending"
     ANSWERED = "answered"
     FAILED = "failed"
-    COMPLETE = "complete"  # an assistant message
+    STOPPED = "stopped"
+    COMPLETE = "complete"  # an assistant message written to its end
 
 
 class User(Base):
@@ -129,3 +134,10 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Why its reply failed (FailureReason), shown by the API; null while it has not failed.
     failure_reason: Mapped[str | None] = mapped_column(String(32))
+    # A user message whose reply is being written: which run claimed it (an RQ job id) and until
+    # when (renewed while it writes). One generation per message: only the claim's holder calls
+    # the agent, and `attempts` (raised by each claim) is the generation's number (app/runs.py).
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An assistant message: the id of the last message of the history the agent was given.
+    context_upto: Mapped[int | None] = mapped_column(Integer)

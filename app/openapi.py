@@ -32,7 +32,7 @@ EVENT_STREAM = {"description": "an event stream; each event's data is JSON",
                         "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
                         "event": {"type": "string",
                                   "enum": ["ready", "reset", "message", "start", "token", "reply", "failed",
-                                           "created", "renamed", "deleted"]},
+                                           "stopped", "created", "renamed", "deleted"]},
                         "data": {"type": "string", "contentMediaType": "application/json"},
                         "retry": {"type": "integer"}}}}}}
 RESUME_PARAMS = [
@@ -48,7 +48,8 @@ ERRORS = {
     "403": _error("the chat page's cookie on a cross-site request (CSRF): refused"),
     "404": _error("not found, or another user's"),
     "409": _error("the request does not fit the current state (e.g. `idempotency_conflict`: a "
-                  "client_message_id reused for other content)"),
+                  "client_message_id reused for other content; `session_busy` with Retry-After: the "
+                  "assistant is still answering and the message asked `if_busy: reject`)"),
     "413": _error("content over 32 KiB, or a request body over 256 KiB"),
     "422": _error("a JSON body of the wrong shape"),
     "429": _error("rate limited"),
@@ -70,17 +71,32 @@ SCHEMAS = {
     "Message": {
         "type": "object",
         "required": ["id", "conversation_id", "role", "content", "status", "reply_to", "created_at",
-                     "failure_reason"],
+                     "failure_reason", "context_upto"],
         "properties": {
             "id": {"type": "integer"},
             "conversation_id": {"type": "string"},
             "role": {"type": "string", "enum": ["user", "assistant"]},
             "content": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "answered", "failed", "complete"]},
+            "status": {"type": "string", "enum": ["pending", "answered", "failed", "stopped", "complete"],
+                       "description": "a user message: pending, answered, failed or stopped; an assistant "
+                                      "message: complete, or stopped (the partial text written before a Stop)"},
             "reply_to": {"type": ["integer", "null"]},
             "created_at": TIME,
             "failure_reason": {"type": ["string", "null"],
                                "enum": ["agent_error", "timeout", "worker_died", "error", None]},
+            "context_upto": {"type": ["integer", "null"],
+                             "description": "an assistant message written to its end: the id of the last "
+                                            "message of the history the agent was given"},
+        },
+    },
+    "Stopped": {
+        "type": "object", "required": ["session_id", "stopped"],
+        "properties": {
+            "session_id": SESSION_ID,
+            "stopped": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["message", "reply"],
+                "properties": {"message": _ref("Message"),
+                               "reply": {"oneOf": [_ref("Message"), {"type": "null"}]}}}]},
         },
     },
     "Conversation": {
@@ -150,7 +166,13 @@ PATHS = {
             "requestBody": {"required": True, **_json({
                 "type": "object", "required": ["content"], "additionalProperties": False,
                 "properties": {"content": {"type": "string", "minLength": 1},
-                               "client_message_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128}}})},
+                               "client_message_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+                               "if_busy": {"type": ["string", "null"], "enum": ["enqueue", "reject", "interrupt", None],
+                                           "description": "if the assistant is still answering this session: "
+                                                          "enqueue (answered in order, after it), reject (409 "
+                                                          "session_busy, nothing stored) or interrupt (the reply "
+                                                          "being written is stopped, then this message is "
+                                                          "answered). Default: ARZANI_IF_BUSY (enqueue)"}}})},
             "responses": {
                 "202": {"description": "stored (committed) and its reply job enqueued",
                         **_json(_ref("PostedMessage"))},
@@ -159,6 +181,17 @@ PATHS = {
                 **_errors("400", "401", "403", "404", "409", "413", "422", "429", "503"),
             },
         },
+    },
+    "/api/sessions/{session_id}/stop": {
+        "post": {"summary": "Stop the reply being written in this session, on whichever worker writes it: "
+                            "no token and no reply is committed after this answer. The text written so far "
+                            "is kept as the reply, marked `stopped` (none if no token came), and the user "
+                            "message becomes `stopped`; it is never answered again. Nothing being answered: "
+                            "200 with `stopped: null`",
+                 "parameters": [SID_PARAM],
+                 "responses": {"200": {"description": "what was stopped, or null",
+                                       **_json(_ref("Stopped"))},
+                               **_errors("400", "401", "403", "404", "429", "503")}},
     },
     "/api/sessions/{session_id}": {
         "get": {"summary": "What Redis and the database each believe about the session",
@@ -169,7 +202,7 @@ PATHS = {
     "/api/sessions/{session_id}/events": {
         "get": {"summary": "Live events of the session as Server-Sent Events, resumable: `message` (a user "
                            "message stored), `start` (a reply being written; its id is the attempt's epoch), "
-                           "`token` (a piece of it), `reply` (attached), `failed`; `reset` (re-read the "
+                           "`token` (a piece of it), `reply` (attached), `failed`, `stopped`; `reset` (re-read the "
                            "conversation) and `ready` (caught up). Each event has an `id:`; Last-Event-ID or "
                            "`?after=` resumes exactly after it, and without either the retained log is "
                            "replayed. A session id nobody has yet is reserved for the caller. The stream "
@@ -179,7 +212,7 @@ PATHS = {
     },
     "/api/events": {
         "get": {"summary": "Live events of all the caller's chats as Server-Sent Events, resumable like a "
-                           "session's: `created`, `renamed`, `deleted`, `message`, `reply`, `failed` (each "
+                           "session's: `created`, `renamed`, `deleted`, `message`, `reply`, `failed`, `stopped` (each "
                            "with conversation_id and session_id), `reset`, `ready`. Without a position it "
                            "starts at the present",
                 "parameters": RESUME_PARAMS,

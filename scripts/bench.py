@@ -371,7 +371,7 @@ def bench_event_log(services, figures: Figures, tokens: int = 1000) -> None:
     from app import events
 
     session_id = uuid.uuid4().hex
-    generation = events.Generation(services.events, session_id, reply_to=1)
+    generation = events.Generation(services.events, session_id, reply_to=1, attempt=1)
     payload = 0
     for n in range(tokens):
         delta = f" word{n % 10}"

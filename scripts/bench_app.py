@@ -20,7 +20,7 @@ bp = Blueprint("bench_baseline", __name__, url_prefix="/bench")
 def baseline(session_id: str, conversation_id: str):
     wiring = get_wiring()
     user_id = authenticate(wiring)
-    content, client_message_id = message_body()
+    content, client_message_id, _if_busy = message_body()
     message = store_user_message(wiring, conversation_id, session_id, user_id, content, client_message_id)
     job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(wiring.queue, wiring.settings, message)
     return jsonify({"message": message_json(message), "job_id": job_id}), 202

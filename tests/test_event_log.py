@@ -4,13 +4,14 @@ and a Redis restart under open streams."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 
 import pytest
 import redis as redis_lib
 
-from app import events
+from app import events, keys
 from tests.helpers import new_session_id, wait_for
 
 
@@ -173,15 +174,43 @@ def test_an_append_while_redis_is_away_is_logged_not_raised(services, redis_serv
 def test_a_failed_token_append_stops_the_generation_streaming(services, monkeypatch):
     """A page must never show text with a hole: after one lost token, no more tokens are sent."""
     session_id = new_session_id()
-    generation = events.Generation(services.events, session_id, reply_to=1)
+    generation = events.Generation(services.events, session_id, reply_to=1, attempt=1)
     generation.token("a")
-    real = services.events.append
-    monkeypatch.setattr(services.events, "append", lambda *a, **k: None)
+    real = services.redis.eval
+
+    def unavailable(*args, **kwargs):
+        raise redis_lib.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(services.redis, "eval", unavailable)
     generation.token("b")
-    monkeypatch.setattr(services.events, "append", real)
+    monkeypatch.setattr(services.redis, "eval", real)
     generation.token("c")
     entries = services.redis.xrange(events.session_log(session_id).key)
     assert [fields["type"] for _, fields in entries] == ["start", "token"]
+
+
+def test_a_generation_appends_nothing_once_its_message_is_stopped_or_a_newer_attempt_started(services):
+    """The fence is in the append script: after the stop mark (or a newer attempt's start), a token
+    of the old generation is refused and never reaches the log or a page."""
+    session_id = new_session_id()
+    log_key = events.session_log(session_id).key
+    first = events.Generation(services.events, session_id, reply_to=7, attempt=1)
+    first.token("one ")
+    second = events.Generation(services.events, session_id, reply_to=7, attempt=2)  # a retry took over
+    with pytest.raises(events.GenerationStopped):
+        first.token("stale ")
+    second.token("two ")
+    assert events.partial_text(services.redis, session_id, 7) == "two "
+    services.redis.set(keys.run_key(session_id), events.stop_mark(7))  # Stop
+    with pytest.raises(events.GenerationStopped):
+        second.token("after the stop")
+    with pytest.raises(events.GenerationStopped):  # and no new attempt may start streaming it
+        events.Generation(services.events, session_id, reply_to=7, attempt=3)
+    deltas = [json.loads(f["data"]).get("delta") for _, f in services.redis.xrange(log_key) if f["type"] == "token"]
+    assert deltas == ["one ", "two "]
+    # another message of the session may stream after the stop of this one
+    events.Generation(services.events, session_id, reply_to=8, attempt=1).token("next")
+    assert events.partial_text(services.redis, session_id, 8) == "next"
 
 
 def test_redis_errors_reach_no_client_as_a_broken_stream(services, hub, redis_server):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app import keys
-from app.models import Message
+from app.models import Message, utcnow
 from tests.helpers import new_session_id
 from workers import agents, jobs
 
@@ -26,28 +27,60 @@ def test_a_job_that_runs_twice_leaves_one_reply(api, services, run_jobs):
     assert assistant_count(services, posted["conversation_id"]) == 1
 
 
-def test_two_concurrent_runs_of_one_job_leave_one_reply(api, services, monkeypatch):
+def test_two_concurrent_runs_of_one_job_call_the_agent_once(api, services, monkeypatch):
+    """Two runs of one job at the same instant (an RQ retry beside a horse that outlived its
+    parent): the claim lets one call the agent; the other leaves, and one reply results."""
     posted = api.send(new_session_id(), "race me").json
-    both_generated = threading.Barrier(2)
+    start_together = threading.Barrier(2)
+    calls = []
 
-    class SlowEcho(agents.EchoAgent):
+    class CountingEcho(agents.EchoAgent):
         def reply(self, conversation_id, history, on_token=None):
-            text = super().reply(conversation_id, history, on_token)
-            both_generated.wait(10)  # both runs have a reply in hand before either attaches it
-            return text
+            calls.append(conversation_id)
+            return super().reply(conversation_id, history, on_token)
 
-    monkeypatch.setattr(jobs, "make_agent", lambda settings: SlowEcho())
+    monkeypatch.setattr(jobs, "make_agent", lambda settings: CountingEcho())
+    real_claim = jobs.runs.claim
+
+    def claim_together(*args, **kwargs):
+        start_together.wait(10)  # both runs reach the claim before either has made it
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.runs, "claim", claim_together)
     outcomes = []
-    runs = [threading.Thread(target=lambda: outcomes.append(jobs.reply(posted["message"]["id"])))
-            for _ in range(2)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(30)
+    threads = [threading.Thread(target=lambda: outcomes.append(jobs.reply(posted["message"]["id"])))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1
     assert sorted(len(o["attached_for"]) for o in outcomes) == [0, 1]
     assert assistant_count(services, posted["conversation_id"]) == 1
     conversation = api.get(f"/api/conversations/{posted['conversation_id']}").json
     assert conversation["messages"][0]["status"] == "answered"
+
+
+def test_a_run_whose_claim_was_taken_over_attaches_nothing(api, services):
+    """A run whose lease lapsed (its worker stalled) and was taken over: both have a reply in hand,
+    only the newer attempt's is attached, whichever commits first."""
+    posted = api.send(new_session_id(), "take me over").json
+    message_id = posted["message"]["id"]
+    with services.db.read() as db:
+        conversation = db.get(jobs.Conversation, posted["conversation_id"])
+    stalled = jobs.runs.claim(services, message_id, "stalled-run")
+    assert jobs.runs.claim(services, message_id, "another-run") == jobs.runs.BUSY  # its lease is live
+    with services.db.write() as db:
+        db.execute(update(Message).where(Message.id == message_id)
+                   .values(claimed_until=utcnow() - timedelta(seconds=1)))
+    newer = jobs.runs.claim(services, message_id, "another-run")
+    assert (stalled.attempt, newer.attempt) == (1, 2)
+    assert not jobs.runs.renew(services, stalled)
+    assert jobs._attach(services, conversation, stalled, "stale text", context_upto=message_id) == "superseded"
+    assert jobs._attach(services, conversation, newer, "the reply", context_upto=message_id) == "attached"
+    messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
+    assert [(m["role"], m["content"]) for m in messages][1:] == [("assistant", "the reply")]
+    assert messages[1]["context_upto"] == message_id
 
 
 def test_replies_are_attached_in_the_order_of_the_user_messages(api, services):

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import events, metrics
+from app import events, metrics, runs
 from app.config import Settings
 from app.conversations import message_json
 from app.logs import configure_logging
@@ -92,8 +92,8 @@ def use_services(replacement: Wiring | None) -> None:
 
 
 def reply(message_id: int) -> dict:
-    """Answer user message `message_id`, and any earlier unanswered one of its conversation first,
-    so that replies within a session are attached in the order of the user messages."""
+    """Answer user message `message_id`, in order: the conversation's earliest pending message
+    first, then the next, while this run holds their claims (app/runs.py)."""
     outcome = "error"
     with metrics.job_seconds.time():
         try:
@@ -102,6 +102,15 @@ def reply(message_id: int) -> dict:
             return result
         finally:
             metrics.jobs.labels(outcome=outcome).inc()
+
+
+def _run_owner() -> str:
+    """Who claims: this RQ job (a retry of it takes over its own dead attempt at once), or a run
+    of its own outside RQ."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job.id if job is not None else runs.new_owner()
 
 
 def _reply(message_id: int) -> dict:
@@ -120,20 +129,34 @@ def _reply(message_id: int) -> dict:
 
     _check_session_key(svc, conversation)
 
-    with svc.db.read() as db:
-        waiting = db.scalars(
-            select(Message.id)
-            .where(
-                Message.conversation_id == conversation.id,
-                Message.role == MessageRole.USER,
-                Message.status == MessageStatus.PENDING,
-                Message.id <= message_id,
-            )
-            .order_by(Message.id)
-        ).all()
     agent = make_agent(svc.settings)
-    attached = [pending_id for pending_id in waiting if _answer(svc, agent, conversation, pending_id)]
-    return {"message_id": message_id, "conversation_id": conversation.id, "attached_for": attached}
+    owner = _run_owner()
+    attached: list[int] = []
+    outcome = "ok"
+    # One message at a time, the earliest pending first: each claimed before the agent is called.
+    # A message claimed by another live run: that run goes on with the later ones when done.
+    while (pending_id := runs.next_pending(svc, conversation.id)) is not None:
+        held = runs.claim(svc, pending_id, owner)
+        if held == runs.BUSY:
+            outcome = "deferred"
+            break
+        if held == runs.EXHAUSTED:
+            reason = _failure_reason(svc, pending_id)
+            _announce_failure(svc, conversation, pending_id, reason)
+            continue
+        if held == runs.GONE:
+            continue
+        result = _generate(svc, agent, conversation, held)
+        if result == "attached":
+            attached.append(pending_id)
+        elif result == "superseded":  # a newer attempt (another run) writes it now, and goes on
+            outcome = "superseded"
+            break
+        elif result == "deleted":
+            outcome = "conversation_deleted"
+            break
+    return {"message_id": message_id, "conversation_id": conversation.id, "attached_for": attached,
+            "outcome": outcome}
 
 
 def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
@@ -152,40 +175,103 @@ def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
     svc.sessions.repair(conversation.session_id, replacing=tracked_id)
 
 
-def _history(db, conversation_id: str, upto_message_id: int) -> list[Turn]:
+def history(db, conversation_id: str, upto_message_id: int) -> list[Message]:
+    """What the agent is given to answer `upto_message_id`: the persisted transcript up to it, in
+    conversational order (each user message followed by its reply: complete, or stopped with its
+    partial text). Failed user messages are left out (the agent never answered them, and a retry
+    of one is answered in its place); later messages are never included."""
     rows = db.scalars(
         select(Message)
-        .where(
-            Message.conversation_id == conversation_id,
-            or_(
-                (Message.role == MessageRole.USER) & (Message.id <= upto_message_id),
-                (Message.role == MessageRole.ASSISTANT) & (Message.reply_to < upto_message_id),
-            ),
-        )
+        .where(Message.conversation_id == conversation_id,
+               or_((Message.role == MessageRole.USER) & (Message.id <= upto_message_id),
+                   (Message.role == MessageRole.ASSISTANT) & (Message.reply_to < upto_message_id)))
         .order_by(Message.id)
     ).all()
-    return [Turn(m.role, m.content) for m in rows]
+    replies = {m.reply_to: m for m in rows if m.role == MessageRole.ASSISTANT}
+    transcript: list[Message] = []
+    for m in rows:
+        if m.role != MessageRole.USER or m.status == MessageStatus.FAILED:
+            continue
+        transcript.append(m)
+        if m.id in replies:
+            transcript.append(replies[m.id])
+    return transcript
 
 
-def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int) -> bool:
-    """Attach one reply to `user_message_id`. False if a reply was already there."""
+def _generate(svc: Wiring, agent, conversation: Conversation, held: runs.Claim) -> str:
+    """One generation of the reply to `held.message_id`: attached, stopped, superseded, deleted
+    or gone (answered meanwhile)."""
+    user_message_id = held.message_id
     with svc.db.read() as db:
         if db.scalar(select(Message.id).where(Message.reply_to == user_message_id)) is not None:
             _mark_answered(svc, user_message_id)
-            return False
-        history = _history(db, conversation.id, user_message_id)
-    if not _count_attempt(svc, conversation, user_message_id):
-        return False
-    # A new epoch in the session's event log: pages drop any text of an earlier attempt at this reply.
-    generation = events.Generation(svc.events, conversation.session_id, user_message_id)
+            return "gone"
+        seen = history(db, conversation.id, user_message_id)
+    turns = [Turn(m.role, m.content) for m in seen]
     try:
-        text = agent.reply(conversation.id, history, on_token=generation.token)
-    except Exception as error:
-        _record_failure(svc, conversation, user_message_id, _reason(error))
-        raise  # RQ retries the job after its interval
+        # A new epoch in the session's event log: pages drop any text of an earlier attempt at
+        # this reply. Refused if the message was stopped before its first token.
+        generation = events.Generation(svc.events, conversation.session_id, user_message_id, held.attempt)
+    except events.GenerationStopped:
+        return _after_refusal(svc, conversation, held)
+    metrics.agent_calls.inc()
+    with runs.Lease(svc, held) as lease:
+        def on_token(delta: str) -> None:
+            if lease.lost.is_set():
+                raise events.GenerationStopped(generation.run)
+            generation.token(delta)
+
+        try:
+            text = agent.reply(conversation.id, turns, on_token=on_token)
+        except events.GenerationStopped:
+            return _after_refusal(svc, conversation, held)
+        except Exception as error:
+            _record_failure(svc, conversation, user_message_id, _reason(error))
+            runs.release(svc, held)
+            raise  # RQ retries the job after its interval
+    return _attach(svc, conversation, held, text, context_upto=max(m.id for m in seen))
+
+
+def _after_refusal(svc: Wiring, conversation: Conversation, held: runs.Claim) -> str:
+    """The log refused our generation, or our lease was lost: stopped (finish the Stop if its web
+    process did not), or superseded by a newer attempt."""
+    with svc.db.read() as db:
+        row = db.get(Message, held.message_id)
+        status, attempts = row.status, row.attempts
+    stop_mark = events.stop_mark(held.message_id)
+    if status == MessageStatus.PENDING and runs.run_of(svc, conversation.session_id) == stop_mark:
+        runs.finish_stop(svc, conversation, held.message_id)
+        return "stopped"
+    if status == MessageStatus.PENDING and attempts == held.attempt:
+        # Refused, yet still ours and not stopped: the run key moved on without a newer claim
+        # (it should not). Not a stop: let RQ try again (this attempt is counted).
+        runs.release(svc, held)
+        raise RuntimeError("the generation lost its place in the session's event log; retrying")
+    log.info("generation ended: its message was stopped or taken over",
+             extra={"message_id": held.message_id, "status": status, "attempt": held.attempt})
+    return "stopped" if status == MessageStatus.STOPPED else "superseded" if status == MessageStatus.PENDING \
+        else "gone"
+
+
+class _NotOurs(Exception):
+    """The attach found the message no longer pending under this claim."""
+
+
+def _attach(svc: Wiring, conversation: Conversation, held: runs.Claim, text: str, *, context_upto: int) -> str:
+    user_message_id = held.message_id
     now = utcnow()
     try:
         with svc.db.write() as db:
+            # First the user message, under this claim only: a Stop (status) or a newer attempt
+            # (attempts) since makes this attach commit nothing.
+            owned = db.execute(
+                update(Message)
+                .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING,
+                       Message.attempts == held.attempt)
+                .values(status=MessageStatus.ANSWERED, claimed_until=None)
+            ).rowcount
+            if not owned:
+                raise _NotOurs()
             live = db.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation.id, Conversation.deleted_at.is_(None))
@@ -193,17 +279,24 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
             ).rowcount
             if not live:
                 # Deleted while the agent was thinking: a deleted conversation stays deleted.
-                return False
+                raise _NotOurs("deleted")
             reply_message = Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
-                                    status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now)
+                                    status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now,
+                                    context_upto=context_upto)
             db.add(reply_message)
-            db.execute(update(Message).where(Message.id == user_message_id)
-                       .values(status=MessageStatus.ANSWERED))
+    except _NotOurs as refused:
+        if str(refused) == "deleted":
+            return "deleted"
+        log.info("reply not attached: the message was stopped, answered or taken over meanwhile",
+                 extra={"message_id": user_message_id, "attempt": held.attempt})
+        with svc.db.read() as db:
+            status = db.scalar(select(Message.status).where(Message.id == user_message_id))
+        return "superseded" if status == MessageStatus.PENDING else "gone"
     except IntegrityError:
         log.info("reply already attached by another run", extra={"message_id": user_message_id,
                                                                   "conversation_id": conversation.id})
         _mark_answered(svc, user_message_id)
-        return False
+        return "gone"
     metrics.replies_attached.inc()
     attached = message_json(reply_message)
     svc.events.announce(
@@ -214,37 +307,16 @@ def _answer(svc: Wiring, agent, conversation: Conversation, user_message_id: int
     log.info("reply attached", extra={"message_id": user_message_id, "conversation_id": conversation.id,
                                       "session_id": conversation.session_id,
                                       "proc": process_name(svc.process_kind)})
-    return True
+    return "attached"
+
+
+def _failure_reason(svc: Wiring, user_message_id: int) -> str | None:
+    with svc.db.read() as db:
+        return db.scalar(select(Message.failure_reason).where(Message.id == user_message_id))
 
 
 def _max_attempts(svc: Wiring) -> int:
     return svc.settings.reply_retries + 1
-
-
-def _count_attempt(svc: Wiring, conversation: Conversation, user_message_id: int) -> bool:
-    """Count an agent call in the database before making it. False (no call) when the message is
-    no longer pending, or has used all its attempts: then it is marked failed, with the reason an
-    attempt recorded, or `worker_died` (a work-horse killed mid-call records nothing). So a message
-    that kills every horse that tries it fails visibly, and later messages of its session go on."""
-    with svc.db.write() as db:
-        counted = db.execute(
-            update(Message)
-            .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING,
-                   Message.attempts < _max_attempts(svc))
-            .values(attempts=Message.attempts + 1)
-        ).rowcount
-        if counted:
-            return True
-        exhausted = db.execute(
-            update(Message)
-            .where(Message.id == user_message_id, Message.status == MessageStatus.PENDING)
-            .values(status=MessageStatus.FAILED,
-                    failure_reason=func.coalesce(Message.failure_reason, FailureReason.WORKER_DIED))
-        ).rowcount
-        reason = db.scalar(select(Message.failure_reason).where(Message.id == user_message_id))
-    if exhausted:
-        _announce_failure(svc, conversation, user_message_id, reason)
-    return False
 
 
 def _reason(error: BaseException) -> str:
@@ -286,10 +358,10 @@ def _announce_failure(svc: Wiring, conversation: Conversation, user_message_id: 
 
 
 def _mark_answered(svc: Wiring, user_message_id: int) -> None:
+    """A reply exists: its message is answered, unless it was stopped (a stopped reply exists)."""
     with svc.db.write() as db:
-        db.execute(update(Message).where(Message.id == user_message_id,
-                                         Message.status != MessageStatus.ANSWERED)
-                   .values(status=MessageStatus.ANSWERED))
+        db.execute(update(Message).where(Message.id == user_message_id, Message.status == MessageStatus.PENDING)
+                   .values(status=MessageStatus.ANSWERED, claimed_until=None))
 
 
 def reply_failed(job, connection, exc_type=None, exc_value=None, traceback=None) -> None:
