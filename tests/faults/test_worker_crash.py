@@ -64,22 +64,23 @@ def test_a_whole_worker_killed_mid_reply_is_recovered_by_rq_maintenance(api, ser
     print(f"\nwhole-worker SIGKILL recovered in {recovery_s:.1f} s")
 
 
-def test_the_same_job_running_on_two_workers_at_once_leaves_one_reply(api, services, workers, fake_llm):
+def test_the_same_job_running_on_two_workers_at_once_calls_the_agent_once(api, services, workers, fake_llm):
+    """Two deliveries of one reply on two workers (what a retry racing a live horse amounts to):
+    the generation's claim lets one call the agent; the other sees the live claim and ends."""
     from app.jobqueue import REPLY_JOB
 
-    fake_llm.gather = 2  # neither run gets its answer until both are inside the agent call
+    fake_llm.hold()  # the first run stays inside its agent call until the second has ended
     workers.start_worker("w1")
     workers.start_worker("w2")
     posted = api.send(new_session_id(), "duplicate delivery").json
-    # A second delivery of the same reply (what a retry racing a live horse amounts to).
     services.queue.enqueue(REPLY_JOB, posted["message"]["id"], job_id="reply-duplicate-delivery")
-    fake_llm.wait_for_requests(2, timeout=60)
-    # Both runs are released together and finish within a second or two; the bound is for a
-    # loaded machine. (Before the fake's gather became a latch, one run was released only by the
-    # gather's own 60 s timeout, right at this wait's bound: the flake of issue 17.)
+    fake_llm.wait_for_requests(1, timeout=60)
+    wait_for(lambda: services.queue.finished_job_registry.count == 1, 30, "the second run to leave")
+    assert len(fake_llm.requests) == 1
+    fake_llm.release()
     wait_for(lambda: services.queue.finished_job_registry.count == 2, 30, "both runs to finish")
-    assert fake_llm.gather_timeouts == 0
     assert services.queue.failed_job_registry.count == 0
+    assert len(fake_llm.requests) == 1
     assert len(replies_of(services, posted["conversation_id"])) == 1
     assert status_of(api, posted["conversation_id"]) == ["answered", "complete"]
 

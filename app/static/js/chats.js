@@ -1,5 +1,5 @@
 // Every chat of this identity, live: the per-user event stream (created, renamed, deleted, a
-// message, a reply, a failure, from this tab or any other tab or device) keeps the sidebar current
+// message, a reply, a failure, a stop, from this tab or any other tab or device) keeps the sidebar current
 // and reads the open chat again when it is concerned. No polling, no reload.
 import { showError } from "./pane.js";
 import { loadConversation, sessionStream } from "./replies.js";
@@ -7,7 +7,7 @@ import { refreshSidebar } from "./sidebar.js";
 import { LiveStream } from "./stream.js";
 import { synchronizer } from "./synchronizer.js";
 
-const SIDEBAR_EVENTS = ["created", "renamed", "deleted", "message", "reply", "failed"];
+const SIDEBAR_EVENTS = ["created", "renamed", "deleted", "message", "reply", "failed", "stopped"];
 let sidebarTimer = null;
 
 function refreshSidebarSoon() {

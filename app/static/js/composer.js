@@ -68,8 +68,27 @@ async function send(content) {
   }
 }
 
+// Stop: the reply being written ends where it is (kept as a stopped reply), on whichever worker
+// writes it; the conversation is read again to show what the server kept.
+async function stop(button) {
+  const sessionId = synchronizer.sessionId;
+  if (!sessionId) return;
+  button.disabled = true;
+  try {
+    const answer = await api("POST", `/api/sessions/${enc(sessionId)}/stop`);
+    console.info("Session synchronization: stop", { session_id: sessionId, stopped: answer.stopped });
+    if (answer.stopped) state.streaming.delete(answer.stopped.message.id);
+    await loadConversation();
+  } catch (error) {
+    showError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // Enter sends, Shift+Enter is a new line; blank messages are not sent.
 export function bindComposer() {
+  $("stop").addEventListener("click", (event) => stop(event.currentTarget));
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const content = $("content").value;

@@ -1,7 +1,7 @@
 // The chat pane: the open conversation's messages, its title, the session badge and the error
 // line. It draws from the state; loading and keeping it current is replies.js's.
 import { $, el, fullTime } from "./dom.js";
-import { mergeMessages, shownMessages, state } from "./state.js";
+import { awaitingReply, mergeMessages, shownMessages, state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";
 
 // from: who shows the error ("action", "poll"); clearing with from="any" clears whoever's it is,
@@ -37,11 +37,13 @@ export function resetPane({ title, streaming = false } = {}) {
 
 function statusLine(message) {
   return message.status === "failed" ? "failed: the agent gave up"
-    : message.status === "sending" ? "sending…" : "waiting for the reply…";
+    : message.status === "stopped" ? "stopped"
+      : message.status === "sending" ? "sending…" : "waiting for the reply…";
 }
 
 function messageItem(message) {
-  const unanswered = message.role === "user" && message.status !== "answered";
+  const unanswered = message.role === "user" && message.status !== "answered" &&
+    !(message.status === "stopped" && message.replied); // a stopped reply shows its own mark
   return el("li", {
     className: `message ${message.role} ${message.status || ""}`.trim(),
     data: { id: message.id },
@@ -59,13 +61,14 @@ export function render({ scroll = false } = {}) {
   const replied = new Set(shown.filter((m) => m.role === "assistant").map((m) => m.reply_to));
   const items = [];
   for (const message of shown) {
-    items.push(messageItem(message));
+    items.push(messageItem(message.role === "user" && replied.has(message.id) ? { ...message, replied: true } : message));
     if (message.role === "user" && !replied.has(message.id) && state.streaming.has(message.id)) {
       items.push(messageItem({ id: `draft-${message.id}`, role: "assistant", status: "streaming",
                                content: state.streaming.get(message.id), reply_to: message.id }));
     }
   }
   list.replaceChildren(...items);
+  $("stop").hidden = !awaitingReply(); // Stop while a reply of the open chat is awaited
   $("chat-title").textContent = state.title;
   if (scroll || nearBottom) list.scrollTop = list.scrollHeight;
 }

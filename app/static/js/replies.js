@@ -59,7 +59,7 @@ function answered(userMessageId) {
 
 // The open chat's session log: its messages, each reply's attempts (`start`: a new epoch, whose
 // text replaces any earlier attempt's), their tokens, the reply, a failure.
-const stream = new LiveStream(["message", "start", "token", "reply", "failed"], {
+const stream = new LiveStream(["message", "start", "token", "reply", "failed", "stopped"], {
   ready: () => { loadConversation().catch((error) => showError(error, "poll")); }, // anything before we listened
   reset: () => {
     console.info("Session synchronization: reset (the event log moved on; reading the conversation again)",
@@ -119,8 +119,13 @@ const stream = new LiveStream(["message", "start", "token", "reply", "failed"], 
     settle();
   },
   failed: (data) => {
-    state.streaming.delete(data.message_id);
-    state.epochs.delete(data.message_id);
+    state.streaming.delete(data.reply_to);
+    state.epochs.delete(data.reply_to);
+    settle();
+  },
+  stopped: (data) => { // the text kept is the stopped reply's (data.message), read with the conversation
+    state.streaming.delete(data.reply_to);
+    state.epochs.delete(data.reply_to);
     settle();
   },
   lost: () => watchReplies(),
