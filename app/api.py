@@ -122,10 +122,12 @@ def post_message(session_id: str):
     content, client_message_id, if_busy = message_body()
     wiring = get_wiring()
     policy = if_busy or wiring.settings.if_busy
+    interrupt = None
     if policy == "interrupt":  # the reply being written is stopped first; this message follows it
-        runs.stop(wiring, user_id, session_id, missing_ok=True)
+        def interrupt():
+            runs.stop(wiring, user_id, session_id, missing_ok=True)
     posted = conversations.post_message(wiring, user_id, session_id, content, client_message_id,
-                                        reject_if_busy=policy == "reject")
+                                        reject_if_busy=policy == "reject", interrupt=interrupt)
     response = jsonify(posted.json())
     response.status_code = 202 if posted.created else 200
     response.headers["Arzani-Session-Resolution"] = posted.resolution

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -88,17 +89,22 @@ def post_message(
     client_message_id: str | None = None,
     *,
     reject_if_busy: bool = False,
+    interrupt: Callable[[], object] | None = None,
 ) -> PostedMessage:
     """Store a user message in its session's conversation (committed), then enqueue its reply.
 
     `client_message_id` is idempotent per session: a retry answers with the first message even
     if its conversation was deleted since (nothing new is created), and the same id with other
     content is an IdempotencyConflict. `reject_if_busy` (if_busy=reject): SessionAnswering, and
-    nothing stored, while a reply of the session is awaited."""
+    nothing stored, while a reply of the session is awaited. `interrupt` (if_busy=interrupt) is
+    called before a new message is stored, never for a retry: a client retrying an interrupting
+    message must not stop the reply to that very message."""
     if client_message_id is not None:
         original = _find_in_session(services, session_id, user_id, client_message_id)
         if original is not None:
             return _replayed(services, session_id, original, content, "replayed")
+    if interrupt is not None:
+        interrupt()
     for attempt in range(STALE_KEY_ATTEMPTS):
         resolved = services.sessions.resolve(session_id, user_id)
         try:
