@@ -431,6 +431,50 @@ def bench_reply_latency(services, client, headers, env, figures: Figures, count:
         worker.wait(30)
 
 
+def bench_burst(services, client, headers, env, figures: Figures, messages: int = 10, workers: int = 4,
+                rounds: int = 3) -> None:
+    """Agent calls per user message when `messages` are posted at once in one session and
+    `workers` stock rq workers race for their jobs: each generation is claimed before the agent is
+    called, so this is 1.00 (it was up to k(k+1)/2 calls for k messages before issue 12). Counted
+    twice: the attempts the database recorded, and the `start` events of the session's log."""
+    from sqlalchemy import func, select
+
+    from app import keys
+    from app.models import Message
+
+    procs = [subprocess.Popen([str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--url", env["REDIS_URL"],
+                               "--name", f"bench-burst-{n}-{uuid.uuid4().hex[:6]}", env["ARZANI_QUEUE"]], env=env,
+                              stdout=_log_file(env), stderr=subprocess.STDOUT) for n in range(workers)]
+    try:
+        attempts = starts = total = 0
+        for _ in range(rounds):
+            session_id = uuid.uuid4().hex
+            ids = [client.post(f"/api/sessions/{session_id}/messages", json={"content": f"burst {n}"},
+                               headers=headers).json["message"]["id"] for n in range(messages)]
+            started = time.perf_counter()
+            while True:
+                with services.db.read() as db:
+                    pending = db.scalar(select(func.count()).where(Message.id.in_(ids), Message.status == "pending"))
+                if not pending:
+                    break
+                _give_up_after(started, "the burst's replies", env)
+                time.sleep(0.01)
+            with services.db.read() as db:
+                attempts += db.scalar(select(func.sum(Message.attempts)).where(Message.id.in_(ids)))
+            starts += sum(1 for _, fields in services.redis.xrange(keys.session_log(session_id))
+                          if fields["type"] == "start")
+            total += messages
+        figures.add(f"agent calls / user message, burst of {messages}, {workers} workers", attempts / total, None,
+                    "calls", "exactly 1.00")
+        figures.add("  generations started (start events) / user message", starts / total, None, "starts",
+                    "exactly 1.00")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
 def bench_sidebar(figures: Figures, sizes=(10_000, 1_000_000)) -> None:
     """Each size in a database of its own (SQLite), 200 conversations, the first page of 50."""
     from sqlalchemy import insert
@@ -550,6 +594,8 @@ def bench(quick: bool, smoke: bool) -> None:
         bench_ingest(env, token, figures, sessions=5 if smoke else 50, total=100 if smoke else 2000)
         click.echo("measuring reply latency...", err=True)
         bench_reply_latency(services, client, headers, env, figures, count=5 if smoke else 60)
+        click.echo("measuring a burst of messages with four workers...", err=True)
+        bench_burst(services, client, headers, env, figures, rounds=1 if smoke else 3)
         click.echo("measuring Redis memory...", err=True)
         bench_memory(services, figures)
         bench_event_log(services, figures, tokens=100 if smoke else 1000)

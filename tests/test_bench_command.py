@@ -20,7 +20,8 @@ def test_bench_prints_every_figure(tmp_path):
     names = " | ".join(rows)
     for figure in ("round trips / message", "commands / message", "losers' extra wait p99",
                    "accepted messages/s", "reply latency p50", "memory per session", "sidebar page",
-                   "open event streams", "Redis connections (4 web processes)", "event log: Redis bytes per token"):
+                   "open event streams", "Redis connections (4 web processes)", "event log: Redis bytes per token",
+                   "agent calls / user message, burst of 10"):
         assert figure in names, result.stdout
     assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
     # Quiet: progress lines and the log file's path, not the workers' thousands of lines.
