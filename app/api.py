@@ -183,6 +183,12 @@ def retry_reply(conversation_id: str, message_id: int):
     return jsonify(result), 202
 
 
+@bp.post("/conversations/<cid:conversation_id>/messages/<int(min=1, max=2147483647):message_id>/regenerate")
+def regenerate_reply(conversation_id: str, message_id: int):
+    result = conversations.regenerate_reply(get_wiring(), _user_id(), conversation_id, message_id)
+    return jsonify(result), 202
+
+
 @bp.get("/conversations")
 def list_conversations():
     user_id = _user_id()

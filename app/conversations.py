@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -22,9 +22,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from app import jobqueue, metrics
+from app import events, jobqueue, metrics
 from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound, SessionAnswering, SessionBusy
-from app.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from app.models import Conversation, Message, MessageRole, MessageStatus, ReplyVersion, utcnow
 from app.sessions import process_name
 
 if TYPE_CHECKING:
@@ -39,7 +39,15 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def message_json(message: Message) -> dict:
+def message_json(message: Message, earlier: Iterable[ReplyVersion] = ()) -> dict:
+    """A message as the API shows it. A reply lists its versions, oldest first, the current one
+    (this row) last; `earlier` are the ones Regenerate replaced (reply_versions)."""
+    versions: list[dict] = []
+    if message.role == MessageRole.ASSISTANT:
+        versions = [{"version": v.version, "content": v.content, "status": v.status, "created_at": iso(v.created_at)}
+                    for v in sorted(earlier, key=lambda v: v.version)]
+        versions.append({"version": message.version, "content": message.content, "status": message.status,
+                         "created_at": iso(message.created_at)})
     return {
         "id": message.id,
         "conversation_id": message.conversation_id,
@@ -50,7 +58,19 @@ def message_json(message: Message) -> dict:
         "created_at": iso(message.created_at),
         "failure_reason": message.failure_reason,
         "context_upto": message.context_upto,
+        "current_version": message.version if message.role == MessageRole.ASSISTANT else None,
+        "versions": versions,
     }
+
+
+def earlier_versions(db: Session, reply_ids: Iterable[int]) -> dict[int, list[ReplyVersion]]:
+    """reply id -> its earlier versions, for the replies given (one query)."""
+    found: dict[int, list[ReplyVersion]] = {}
+    ids = list(reply_ids)
+    if ids:
+        for version in db.scalars(select(ReplyVersion).where(ReplyVersion.reply_id.in_(ids))):
+            found.setdefault(version.reply_id, []).append(version)
+    return found
 
 
 def conversation_json(conversation: Conversation) -> dict:
@@ -215,6 +235,16 @@ def answering(db: Session, conversation_id: str) -> bool:
                                               Message.status == MessageStatus.PENDING).limit(1)) is not None
 
 
+def replace_reply(db: Session, current: Message, text: str, status: str, now: datetime,
+                  context_upto: int | None) -> Message:
+    """Keep `current` as an earlier version (reply_versions) and make the row the next version."""
+    db.add(ReplyVersion(reply_id=current.id, version=current.version, content=current.content,
+                        status=current.status, context_upto=current.context_upto, created_at=current.created_at))
+    current.content, current.status, current.context_upto = text, status, context_upto
+    current.version, current.created_at = current.version + 1, now
+    return current
+
+
 def _title_from(content: str) -> str:
     line = " ".join(content.split())
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
@@ -274,7 +304,9 @@ def get_conversation(services: Wiring, user_id: int, conversation_id: str) -> di
         messages = db.scalars(
             select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
         ).all()
-        return conversation_json(conversation) | {"messages": [message_json(m) for m in messages]}
+        versions = earlier_versions(db, [m.id for m in messages if m.role == MessageRole.ASSISTANT and m.version > 1])
+        return conversation_json(conversation) | {"messages": [message_json(m, versions.get(m.id, ()))
+                                                               for m in messages]}
 
 
 def encode_cursor(updated_at: datetime, conversation_id: str) -> str:
@@ -375,3 +407,40 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
         services.events.to_user(user_id, "message", conversation_id=conversation.id,
                                 session_id=conversation.session_id, message=retried))
     return {"message": retried, "job_id": job_id}
+
+
+def regenerate_reply(services: Wiring, user_id: int, conversation_id: str, message_id: int) -> dict:
+    """Write a new version of the reply to the conversation's last user message (answered, or
+    stopped): the message is pending again and its reply job enqueued; the current reply stays
+    until the new version replaces it (then it is kept as an earlier version). Of two regenerate
+    calls at once, one gets the new generation, the other a 409."""
+    with services.db.write() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+        message = db.get(Message, message_id)
+        if message is None or message.conversation_id != conversation.id or message.role != MessageRole.USER:
+            raise NotFound("message not found")
+        last = db.scalar(select(func.max(Message.id)).where(Message.conversation_id == conversation.id,
+                                                           Message.role == MessageRole.USER))
+        if message.id != last:
+            raise Conflict("only the reply to the last user message can be regenerated")
+        # Before it is pending again (nothing can stop it meanwhile): a stop mark of an earlier
+        # Stop of this message would refuse the new generation.
+        events.clear_stop_mark(services.redis, conversation.session_id, message.id)
+        again = db.execute(
+            update(Message)
+            .where(Message.id == message.id, Message.status.in_((MessageStatus.ANSWERED, MessageStatus.STOPPED)))
+            .values(status=MessageStatus.PENDING, attempts=0, failure_reason=None, claimed_by=None,
+                    claimed_until=None)
+        ).rowcount
+        if not again:
+            status = db.scalar(select(Message.status).where(Message.id == message.id))
+            raise Conflict(f"only an answered or stopped message's reply can be regenerated; this one is {status}")
+        db.refresh(message)
+    job_id = jobqueue.requeue_reply(services.queue, services.settings, message)
+    regenerating = message_json(message)
+    services.events.announce(
+        services.events.to_session(conversation.session_id, "message", message=regenerating),
+        services.events.to_user(user_id, "message", conversation_id=conversation.id,
+                                session_id=conversation.session_id, message=regenerating))
+    return {"message": regenerating, "job_id": job_id}
+

@@ -218,6 +218,19 @@ def stop_mark(message_id: int) -> str:
     return f"stopped:{message_id}"
 
 
+_CLEAR_STOP_MARK = """
+-- KEYS[1]: a session's run key; ARGV[1]: the stop mark of one message. Deleted only if it is that.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def clear_stop_mark(redis: Redis, session_id: str, message_id: int) -> None:
+    """A stopped message answered again (Regenerate): its stop mark must not refuse the new
+    generation's start. Only that mark goes; any other run key is left alone."""
+    redis.eval(_CLEAR_STOP_MARK, 1, keys.run_key(session_id), stop_mark(message_id))
+
+
 class Generation:
     """One attempt at writing one reply: a `start` event whose id is the attempt's epoch, then its
     tokens, each naming the epoch. A retry's new epoch tells pages to drop the dead attempt's text.
@@ -271,13 +284,18 @@ class Generation:
 def partial_text(redis: Redis, session_id: str, reply_to: int) -> str:
     """The text the last generation of `reply_to` wrote to the session's log (its latest `start`,
     then that epoch's tokens): what the page showed when the reply was stopped. Empty if the log
-    holds none (no token yet, or the log is gone)."""
+    holds none (no token yet, or the log is gone). A `message` event of `reply_to` (Regenerate
+    made it pending again) starts afresh: the tokens before it are the reply being replaced."""
     epoch, pieces = None, []
     for entry_id, fields in redis.xrange(keys.session_log(session_id)):
         kind = fields.get("type")
-        if kind not in ("start", "token"):
+        if kind not in ("start", "token", "message"):
             continue
         data = json.loads(fields.get("data") or "{}")
+        if kind == "message":  # the message (again: a regeneration): what came before is an old reply's
+            if (data.get("message") or {}).get("id") == reply_to:
+                epoch, pieces = None, []
+            continue
         if data.get("reply_to") != reply_to:
             continue
         if kind == "start":

@@ -141,3 +141,22 @@ class Message(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # An assistant message: the id of the last message of the history the agent was given.
     context_upto: Mapped[int | None] = mapped_column(Integer)
+    # An assistant message: which version of the reply this row holds (Regenerate makes the next
+    # one; the earlier ones are kept in reply_versions). The row is always the current version, so
+    # "exactly one current reply per user message" is the unique reply_to above.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class ReplyVersion(Base):
+    """An earlier version of a reply, kept when Regenerate (or a Stop of a regeneration) replaced it."""
+
+    __tablename__ = "reply_versions"
+    __table_args__ = (UniqueConstraint("reply_id", "version", name="uq_reply_versions_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reply_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    context_upto: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -71,7 +71,7 @@ SCHEMAS = {
     "Message": {
         "type": "object",
         "required": ["id", "conversation_id", "role", "content", "status", "reply_to", "created_at",
-                     "failure_reason", "context_upto"],
+                     "failure_reason", "context_upto", "current_version", "versions"],
         "properties": {
             "id": {"type": "integer"},
             "conversation_id": {"type": "string"},
@@ -87,6 +87,15 @@ SCHEMAS = {
             "context_upto": {"type": ["integer", "null"],
                              "description": "an assistant message written to its end: the id of the last "
                                             "message of the history the agent was given"},
+            "current_version": {"type": ["integer", "null"],
+                                "description": "a reply: its version shown as `content` (the latest); null "
+                                               "on a user message"},
+            "versions": {"type": "array", "description": "a reply: every version, oldest first, the current "
+                                                         "one last (Regenerate adds one); empty on a user message",
+                         "items": {"type": "object", "required": ["version", "content", "status", "created_at"],
+                                   "properties": {"version": {"type": "integer"}, "content": {"type": "string"},
+                                                  "status": {"type": "string", "enum": ["complete", "stopped"]},
+                                                  "created_at": TIME}}},
         },
     },
     "Stopped": {
@@ -227,6 +236,21 @@ PATHS = {
                                                 "properties": {"message": _ref("Message"),
                                                                "job_id": {"type": "string"}}})},
                                "409": _error("the message is not failed"),
+                               **_errors("401", "403", "404", "429", "503")}},
+    },
+    "/api/conversations/{conversation_id}/messages/{message_id}/regenerate": {
+        "post": {"summary": "Write a new version of the reply to the conversation's last user message (answered "
+                            "or stopped): the message is pending again and its reply job enqueued; the current "
+                            "reply stays until the new version replaces it, then it is kept in `versions`. The "
+                            "history the agent is given uses the current version of every reply",
+                 "parameters": [CID_PARAM, {"name": "message_id", "in": "path", "required": True,
+                                            "schema": {"type": "integer"}}],
+                 "responses": {"202": {"description": "the message is pending again; its reply job enqueued",
+                                       **_json({"type": "object", "required": ["message", "job_id"],
+                                                "properties": {"message": _ref("Message"),
+                                                               "job_id": {"type": "string"}}})},
+                               "409": _error("not the last user message, or not answered or stopped (a reply "
+                                             "is already being written)"),
                                **_errors("401", "403", "404", "429", "503")}},
     },
     "/api/conversations": {

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 
 from app import keys, metrics
-from app.conversations import message_json
+from app.conversations import earlier_versions, message_json, replace_reply
 from app.errors import Unavailable
 from app.events import partial_text, stop_mark
 from app.models import Conversation, FailureReason, Message, MessageRole, MessageStatus, utcnow
@@ -203,24 +203,32 @@ def finish_stop(services, conversation: Conversation, message_id: int) -> dict |
         text = ""  # the log is gone with Redis: stopped before (what we can tell of) its first token
     now = utcnow()
     with services.db.write() as db:
+        current = db.scalars(select(Message).where(Message.reply_to == message_id)).one_or_none()
+        # A regeneration stopped before its first token keeps the reply it had: answered again.
+        back_to = MessageStatus.ANSWERED if current is not None and not text and \
+            current.status == MessageStatus.COMPLETE else MessageStatus.STOPPED
         stopped = db.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
-            .values(status=MessageStatus.STOPPED, claimed_until=None)
+            .values(status=back_to, claimed_until=None)
         ).rowcount
         if not stopped:
             return None
         reply = None
-        if text:
+        if text and current is not None:  # a regeneration stopped: its partial text is the new version
+            reply = replace_reply(db, current, text, MessageStatus.STOPPED, now, None)
+            db.execute(update(Conversation).where(Conversation.id == conversation.id).values(updated_at=now))
+        elif text:
             db.execute(update(Conversation).where(Conversation.id == conversation.id)
                        .values(message_count=Conversation.message_count + 1, updated_at=now))
             reply = Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
                             status=MessageStatus.STOPPED, reply_to=message_id, created_at=now,
                             context_upto=None)
             db.add(reply)
-            db.flush()
+        db.flush()
         user_message = db.get(Message, message_id)
-        result = {"message": message_json(user_message), "reply": message_json(reply) if reply else None}
+        earlier = earlier_versions(db, [reply.id]).get(reply.id, ()) if reply is not None else ()
+        result = {"message": message_json(user_message), "reply": message_json(reply, earlier) if reply else None}
     metrics.replies_stopped.inc()
     services.events.announce(
         services.events.to_session(conversation.session_id, "stopped", reply_to=message_id, message=result["reply"]),

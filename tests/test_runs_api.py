@@ -87,3 +87,87 @@ def test_two_rejecting_messages_at_the_same_instant_store_one(app, api):
         thread.join(30)
     assert sorted(codes) == [202, 409, 409, 409]
     assert len([s for s in statuses(api, first["conversation_id"]) if s == ("user", "pending")]) == 1
+
+
+def test_regenerate_keeps_every_version_and_the_agent_sees_the_current_one(api, run_jobs, monkeypatch):
+    from workers import agents, jobs
+
+    seen = []
+
+    class Numbered(agents.EchoAgent):
+        def reply(self, conversation_id, history, on_token=None):
+            seen.append([t.content for t in history])
+            text = f"reply number {len(seen)}"
+            if on_token:
+                on_token(text)
+            return text
+
+    monkeypatch.setattr(jobs, "make_agent", lambda settings: Numbered())
+    session_id = new_session_id()
+    first = api.send(session_id, "question").json
+    run_jobs()
+    path = f"/api/conversations/{first['conversation_id']}/messages/{first['message']['id']}/regenerate"
+    answer = api.post(path)
+    assert answer.status_code == 202 and answer.json["message"]["status"] == "pending"
+    run_jobs()
+    messages = api.get(f"/api/conversations/{first['conversation_id']}").json["messages"]
+    reply = messages[1]
+    assert (reply["content"], reply["current_version"]) == ("reply number 2", 2)
+    assert [(v["version"], v["content"]) for v in reply["versions"]] == [(1, "reply number 1"), (2, "reply number 2")]
+    assert messages[0]["status"] == "answered" and len(messages) == 2  # one current reply, its id kept
+    assert seen[1] == ["question"]  # a regeneration is given the history without the reply it replaces
+    api.send(session_id, "follow-up")
+    run_jobs()
+    assert seen[2] == ["question", "reply number 2", "follow-up"]  # the current version, not the first
+    again = api.post(path)  # no longer the last user message
+    assert again.status_code == 409 and again.json["error"]["code"] == "conflict"
+
+
+def test_two_regenerate_calls_at_once_make_one_new_version(app, api, run_jobs):
+    session_id = new_session_id()
+    first = api.send(session_id, "once more").json
+    run_jobs()
+    path = f"/api/conversations/{first['conversation_id']}/messages/{first['message']['id']}/regenerate"
+    barrier = threading.Barrier(4)
+    codes = []
+
+    def regenerate():
+        client = app.test_client()
+        barrier.wait(10)
+        codes.append(client.post(path, headers=api.headers).status_code)
+
+    threads = [threading.Thread(target=regenerate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(codes) == [202, 409, 409, 409]
+    run_jobs()
+    messages = api.get(f"/api/conversations/{first['conversation_id']}").json["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["current_version"] == 2 and len(messages[1]["versions"]) == 2
+
+
+def test_a_regeneration_stopped_before_its_first_token_keeps_the_reply_it_had(api, run_jobs):
+    session_id = new_session_id()
+    first = api.send(session_id, "keep this").json
+    run_jobs()
+    path = f"/api/conversations/{first['conversation_id']}/messages/{first['message']['id']}/regenerate"
+    assert api.post(path).status_code == 202
+    stopped = api.post(f"/api/sessions/{session_id}/stop").json["stopped"]
+    assert stopped["message"]["status"] == "answered" and stopped["reply"] is None
+    run_jobs()  # the regeneration's job finds nothing to do
+    messages = api.get(f"/api/conversations/{first['conversation_id']}").json["messages"]
+    assert [(m["status"], m.get("current_version")) for m in messages] == [("answered", None), ("complete", 1)]
+
+
+def test_a_stopped_reply_can_be_regenerated(api, run_jobs):
+    """Regenerate after Stop: the stop mark of the first generation does not refuse the new one."""
+    session_id = new_session_id()
+    first = api.send(session_id, "stop me, then try again").json
+    assert api.post(f"/api/sessions/{session_id}/stop").json["stopped"]["reply"] is None
+    path = f"/api/conversations/{first['conversation_id']}/messages/{first['message']['id']}/regenerate"
+    assert api.post(path).status_code == 202
+    run_jobs()
+    messages = api.get(f"/api/conversations/{first['conversation_id']}").json["messages"]
+    assert [(m["role"], m["status"]) for m in messages] == [("user", "answered"), ("assistant", "complete")]

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import events, metrics, runs
 from app.config import Settings
-from app.conversations import message_json
+from app.conversations import earlier_versions, message_json, replace_reply
 from app.logs import configure_logging
 from app.models import Conversation, FailureReason, Message, MessageRole, MessageStatus, utcnow
 from app.sessions import process_name
@@ -202,10 +202,7 @@ def _generate(svc: Wiring, agent, conversation: Conversation, held: runs.Claim) 
     """One generation of the reply to `held.message_id`: attached, stopped, superseded, deleted
     or gone (answered meanwhile)."""
     user_message_id = held.message_id
-    with svc.db.read() as db:
-        if db.scalar(select(Message.id).where(Message.reply_to == user_message_id)) is not None:
-            _mark_answered(svc, user_message_id)
-            return "gone"
+    with svc.db.read() as db:  # (a reply already there, its message pending: a regeneration)
         seen = history(db, conversation.id, user_message_id)
     turns = [Turn(m.role, m.content) for m in seen]
     try:
@@ -272,18 +269,22 @@ def _attach(svc: Wiring, conversation: Conversation, held: runs.Claim, text: str
             ).rowcount
             if not owned:
                 raise _NotOurs()
+            current = db.scalars(select(Message).where(Message.reply_to == user_message_id)).one_or_none()
             live = db.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation.id, Conversation.deleted_at.is_(None))
-                .values(message_count=Conversation.message_count + 1, updated_at=now)
+                .values(message_count=Conversation.message_count + (0 if current else 1), updated_at=now)
             ).rowcount
             if not live:
                 # Deleted while the agent was thinking: a deleted conversation stays deleted.
                 raise _NotOurs("deleted")
-            reply_message = Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
-                                    status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now,
-                                    context_upto=context_upto)
-            db.add(reply_message)
+            if current is None:
+                reply_message = Message(conversation_id=conversation.id, role=MessageRole.ASSISTANT, content=text,
+                                        status=MessageStatus.COMPLETE, reply_to=user_message_id, created_at=now,
+                                        context_upto=context_upto)
+                db.add(reply_message)
+            else:  # Regenerate: the current reply becomes an earlier version, this one the current
+                reply_message = replace_reply(db, current, text, MessageStatus.COMPLETE, now, context_upto)
     except _NotOurs as refused:
         if str(refused) == "deleted":
             return "deleted"
@@ -298,7 +299,8 @@ def _attach(svc: Wiring, conversation: Conversation, held: runs.Claim, text: str
         _mark_answered(svc, user_message_id)
         return "gone"
     metrics.replies_attached.inc()
-    attached = message_json(reply_message)
+    with svc.db.read() as db:
+        attached = message_json(reply_message, earlier_versions(db, [reply_message.id]).get(reply_message.id, ()))
     svc.events.announce(
         svc.events.to_session(conversation.session_id, "reply", reply_to=user_message_id, message=attached),
         svc.events.to_user(conversation.user_id, "reply", conversation_id=conversation.id,
