@@ -25,6 +25,7 @@ class FakeLLM:
         self.fail_next = 0  # answer this many requests with HTTP 500
         self.token_delay_s = 0.0  # pause between streamed words (to watch a reply being written)
         self.pause_after: int | None = None  # stream this many words of each reply, then wait for resume()
+        self.numbered = False  # end each reply with " (#N)", N its request's number: two answers differ
         self.pauses = 0  # streams that reached the pause
         self.resumes = 0
         self._in_flight = 0
@@ -121,6 +122,8 @@ class FakeLLM:
                     return
                 last = body["messages"][-1]["content"]
                 text = f"LLM heard {last!r} after {len(body['messages'])} turns"
+                if fake.numbered:
+                    text += f" (#{len(fake.requests)})"
                 if body.get("stream"):
                     self._stream(text)
                 else:

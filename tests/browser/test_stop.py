@@ -40,3 +40,31 @@ def test_the_stop_button_stops_a_reply_mid_stream_in_every_tab(live_llm, fake_ll
     chat.wait_for_replies(2)
     expect(chat.page.locator(".message.assistant.stopped")).to_have_text(PARTIAL)
     chat.screenshot("chat-page-stopped.png")
+
+
+def test_regenerate_makes_a_new_version_and_the_arrows_page_through_them(live_llm, fake_llm, open_chat):
+    fake_llm.numbered = True
+    chat = open_chat(live_llm)
+    chat.send("say it twice")
+    chat.wait_for_replies(1)
+    reply = chat.page.locator(".message.assistant")
+    expect(reply).to_have_text("LLM heard 'say it twice' after 1 turns (#1)")
+    expect(chat.page.locator(".reply-tools .version-label")).to_have_count(0)  # one version: no arrows
+    chat.page.click(".reply-tools .regenerate")
+    expect(reply).to_have_text("LLM heard 'say it twice' after 1 turns (#2)")
+    expect(chat.page.locator(".reply-tools .version-label")).to_have_text("2/2")
+    chat.page.click(".reply-tools .version-prev")
+    expect(reply).to_have_text("LLM heard 'say it twice' after 1 turns (#1)")
+    expect(chat.page.locator(".reply-tools .version-label")).to_have_text("1/2")
+    chat.page.click(".reply-tools .version-next")
+    expect(reply).to_have_text("LLM heard 'say it twice' after 1 turns (#2)")
+    conversation_id = chat.status()["page"]["conversation_id"]
+    messages = chat.api(f"/api/conversations/{conversation_id}")["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert [v["content"][-4:] for v in messages[1]["versions"]] == ["(#1)", "(#2)"]
+    assert messages[1]["current_version"] == 2
+    chat.send("and what did you say?")  # the agent is given the current version
+    chat.wait_for_replies(2)
+    assert [m["content"] for m in fake_llm.requests[-1]["messages"]][1].endswith("(#2)")
+    expect(chat.page.locator(".reply-tools .regenerate")).to_have_count(1)  # on the last reply only
+    chat.screenshot("chat-page-versions.png")

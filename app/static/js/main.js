@@ -3,9 +3,9 @@
 // the page's state is in state.js. Message text is user data: it only reaches the DOM as text.
 import { api, enc } from "./api.js";
 import { bindComposer } from "./composer.js";
-import { bindRetry, render, resetPane, showError, updateBadge } from "./pane.js";
+import { bindReplyTools, bindRetry, render, resetPane, showError, updateBadge } from "./pane.js";
 import { followChats } from "./chats.js";
-import { loadConversation, retryReply, stopWatching } from "./replies.js";
+import { loadConversation, regenerateReply, retryReply, stopWatching } from "./replies.js";
 import { bindSidebar, markActive, refreshSidebar } from "./sidebar.js";
 import { state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";
@@ -51,6 +51,7 @@ async function start() {
     },
   });
   bindRetry(retryReply);
+  bindReplyTools(regenerateReply);
   bindComposer();
   document.addEventListener("visibilitychange", () => {
     // back to the tab: other tabs may have chatted meanwhile

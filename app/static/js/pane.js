@@ -30,6 +30,7 @@ export function resetPane({ title, streaming = false } = {}) {
   if (streaming) {
     state.streaming.clear();
     state.epochs.clear();
+    state.versionShown.clear();
   }
   mergeMessages();
   if (title !== undefined) state.title = title;
@@ -54,23 +55,78 @@ function messageItem(message) {
   unanswered && message.status === "failed" && el("button", { type: "button", className: "retry", text: "Retry" }));
 }
 
+// Below a reply with several versions, ‹ k/N › to page through them; below the last reply, when
+// nothing is awaited, Regenerate. A row of its own, so the reply's item holds only its text.
+function replyTools(reply, last) {
+  const versions = reply.versions || [];
+  const shownVersion = state.versionShown.get(reply.id) || reply.current_version;
+  const at = Math.max(0, versions.findIndex((v) => v.version === shownVersion));
+  const paging = versions.length > 1 && [
+    el("button", { type: "button", className: "version-prev", text: "‹", attrs: { "aria-label": "previous version" } }),
+    el("span", { className: "version-label", text: `${at + 1}/${versions.length}` }),
+    el("button", { type: "button", className: "version-next", text: "›", attrs: { "aria-label": "next version" } }),
+  ];
+  if (!paging && !last) return null;
+  return el("li", { className: "reply-tools", data: { reply: reply.id } }, ...(paging || []),
+            last && el("button", { type: "button", className: "regenerate", text: "Regenerate" }));
+}
+
+function shownText(reply) {
+  const version = (reply.versions || []).find((v) => v.version === state.versionShown.get(reply.id));
+  return version ? { ...reply, content: version.content, status: version.status } : reply;
+}
+
 export function render({ scroll = false } = {}) {
   const list = $("messages");
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   const shown = shownMessages();
   const replied = new Set(shown.filter((m) => m.role === "assistant").map((m) => m.reply_to));
+  const pending = new Set(shown.filter((m) => m.role === "user" && m.status === "pending").map((m) => m.id));
+  const lastUser = shown.filter((m) => m.role === "user").map((m) => m.id).pop();
+  const idle = !awaitingReply();
   const items = [];
   for (const message of shown) {
-    items.push(messageItem(message.role === "user" && replied.has(message.id) ? { ...message, replied: true } : message));
-    if (message.role === "user" && !replied.has(message.id) && state.streaming.has(message.id)) {
+    // a reply being regenerated: the new version's text, once it streams, shows in its place
+    if (message.role === "assistant" && pending.has(message.reply_to) && state.streaming.has(message.reply_to)) continue;
+    if (message.role === "assistant") {
+      items.push(messageItem(shownText(message)));
+      const tools = replyTools(message, idle && message.reply_to === lastUser);
+      if (tools) items.push(tools);
+      continue;
+    }
+    items.push(messageItem(replied.has(message.id) ? { ...message, replied: true } : message));
+    if (message.role === "user" && (!replied.has(message.id) || pending.has(message.id)) &&
+        state.streaming.has(message.id)) {
       items.push(messageItem({ id: `draft-${message.id}`, role: "assistant", status: "streaming",
                                content: state.streaming.get(message.id), reply_to: message.id }));
     }
   }
   list.replaceChildren(...items);
-  $("stop").hidden = !awaitingReply(); // Stop while a reply of the open chat is awaited
+  $("stop").hidden = idle; // Stop while a reply of the open chat is awaited
   $("chat-title").textContent = state.title;
   if (scroll || nearBottom) list.scrollTop = list.scrollHeight;
+}
+
+// The reply tools (one delegated handler): the version arrows page through a reply's versions
+// on this page; Regenerate asks the server for a new one (regenerate(reply) resolves once asked).
+export function bindReplyTools(regenerate) {
+  $("messages").addEventListener("click", (event) => {
+    const button = event.target.closest(".reply-tools button");
+    if (!button) return;
+    const reply = state.messages.find((m) => String(m.id) === button.closest(".reply-tools").dataset.reply);
+    if (!reply) return;
+    if (button.classList.contains("regenerate")) {
+      button.disabled = true;
+      regenerate(reply).catch((error) => { button.disabled = false; showError(error); });
+      return;
+    }
+    const versions = (reply.versions || []).map((v) => v.version);
+    const at = versions.indexOf(state.versionShown.get(reply.id) || reply.current_version);
+    const next = at + (button.classList.contains("version-next") ? 1 : -1);
+    if (next < 0 || next >= versions.length) return;
+    state.versionShown.set(reply.id, versions[next]);
+    render();
+  });
 }
 
 export function updateBadge() {

@@ -52,9 +52,12 @@ const poller = new Poller(async () => {
   if (await loadConversation() && replyState() !== before) await afterReply();
 });
 
+// A user message whose reply is no longer being written (a known message that is not pending, or
+// one not loaded yet that has a reply). A pending message with a reply is being regenerated.
 function answered(userMessageId) {
-  return state.messages.some((m) => (m.id === userMessageId && m.status === "answered") ||
-                                    (m.role === "assistant" && m.reply_to === userMessageId));
+  const message = state.messages.find((m) => m.id === userMessageId && m.role === "user");
+  if (message) return message.status !== "pending";
+  return state.messages.some((m) => m.role === "assistant" && m.reply_to === userMessageId);
 }
 
 // The open chat's session log: its messages, each reply's attempts (`start`: a new epoch, whose
@@ -168,6 +171,15 @@ async function afterReply() {
     synchronizer.setConversation(serverConversation); // the database is the truth
     await loadConversation();
   }
+}
+
+export async function regenerateReply(reply) {
+  const userMessage = state.messages.find((m) => m.id === reply.reply_to);
+  if (!userMessage) return;
+  await api("POST", `/api/conversations/${enc(reply.conversation_id)}/messages/${enc(userMessage.id)}/regenerate`);
+  console.info("Session synchronization: regenerate", { reply_to: userMessage.id, reply: reply.id });
+  state.versionShown.delete(reply.id);
+  await loadConversation();
 }
 
 export async function retryReply(message) {

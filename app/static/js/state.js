@@ -11,6 +11,7 @@ export const state = {
   streaming: new Map(), // user message id -> reply text written so far (token events)
   epochs: new Map(), // user message id -> the id of the `start` event of the attempt being shown
   messages: [], // server + confirmed, merged
+  versionShown: new Map(), // reply id -> the version the arrows show (absent: the current one)
   title: "New chat",
   // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
   // one already shown, or for a chat no longer open, is dropped. The sidebar's likewise.
@@ -31,11 +32,17 @@ export const state = {
 };
 
 export function mergeMessages() {
-  const ids = new Set(state.server.map((m) => m.id));
-  for (const id of state.confirmed.keys()) if (ids.has(id)) state.confirmed.delete(id);
-  const merged = state.server.concat([...state.confirmed.values()]).sort((a, b) => a.id - b.id);
-  // A reply we already hold answers its user message, even if the loaded copy is older.
-  const replied = new Set(merged.filter((m) => m.role === "assistant").map((m) => m.reply_to));
+  // The server's copy wins, unless we hold a newer version of a reply (a regenerated one's event).
+  const loaded = new Map(state.server.map((m) => [m.id, m]));
+  for (const [id, m] of state.confirmed) {
+    const server = loaded.get(id);
+    if (server && !((m.current_version || 0) > (server.current_version || 0))) state.confirmed.delete(id);
+  }
+  const merged = state.server.filter((m) => !state.confirmed.has(m.id)).concat([...state.confirmed.values()])
+    .sort((a, b) => a.id - b.id);
+  // A reply we heard of (an event) answers its user message, even if the loaded copy is older; a
+  // reply already in the loaded copy beside a pending message is one being regenerated.
+  const replied = new Set([...state.confirmed.values()].filter((m) => m.role === "assistant").map((m) => m.reply_to));
   state.messages = merged.map((m) => (m.role === "user" && m.status === "pending" && replied.has(m.id)
     ? { ...m, status: "answered" } : m));
   for (const m of state.messages) {
