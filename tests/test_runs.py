@@ -245,3 +245,42 @@ def test_a_stopped_message_is_not_pending_for_the_sweeper_or_a_retry(api, servic
     with services.db.read() as db:
         rows = db.scalars(select(Message).where(Message.conversation_id == posted["conversation_id"])).all()
     assert [(m.role, m.status, m.attempts) for m in rows] == [("user", "stopped", 0)]
+
+
+def test_two_regenerate_calls_at_once_through_gunicorn_leave_one_current_reply(workers, fake_llm):
+    """Two web processes take two regenerate calls at the same instant: one new generation (one
+    agent call), one current reply, the first version kept."""
+    fake_llm.numbered = True
+    workers.start_web(workers=2)
+    workers.start_worker("w1", "--with-scheduler", "-c", "workers.rq_settings")
+    workers.start_worker("w2", "--with-scheduler", "-c", "workers.rq_settings")
+    token = workers.create_user("regenerator")
+    session_id = new_session_id()
+    status, posted = workers.request("POST", f"/api/sessions/{session_id}/messages", {"content": "twice?"}, token)
+    assert status == 202
+    path = f"/api/conversations/{posted['conversation_id']}"
+
+    def replies():
+        return [m for m in workers.request("GET", path, token=token)[1]["messages"] if m["role"] == "assistant"]
+
+    wait_for(lambda: replies() and replies()[0]["status"] == "complete", REPLY_WAIT_S, "the first reply")
+    barrier = threading.Barrier(2)
+    codes = []
+
+    def regenerate():
+        barrier.wait(10)
+        codes.append(workers.request("POST", f"{path}/messages/{posted['message']['id']}/regenerate",
+                                     token=token)[0])
+
+    threads = [threading.Thread(target=regenerate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(codes) == [202, 409]
+    wait_for(lambda: replies()[0]["current_version"] == 2 and
+             workers.request("GET", path, token=token)[1]["messages"][0]["status"] == "answered",
+             REPLY_WAIT_S, "the new version")
+    (reply,) = replies()
+    assert [v["content"][-4:] for v in reply["versions"]] == ["(#1)", "(#2)"]
+    assert len(fake_llm.requests) == 2
