@@ -174,6 +174,8 @@ class Settings:
     log_level: str = defaults.LOG_LEVEL
     sweep_interval_s: int = defaults.SWEEP_INTERVAL_S
     sweep_after_s: int = defaults.SWEEP_AFTER_S
+    recovery_interval_s: float = defaults.RECOVERY_INTERVAL_S
+    stuck_after_s: float = defaults.STUCK_AFTER_S
     reconcile_interval_s: int = defaults.RECONCILE_INTERVAL_S
     cleanup_interval_s: int = defaults.CLEANUP_INTERVAL_S
     cleanup_after_s: int = defaults.CLEANUP_AFTER_S
@@ -235,6 +237,9 @@ class Settings:
                               normalize=str.upper),
             sweep_interval_s=_int(environ, "ARZANI_SWEEP_INTERVAL", defaults.SWEEP_INTERVAL_S, minimum=0),
             sweep_after_s=_int(environ, "ARZANI_SWEEP_AFTER", defaults.SWEEP_AFTER_S, minimum=0),
+            recovery_interval_s=_float(environ, "ARZANI_RECOVERY_INTERVAL", defaults.RECOVERY_INTERVAL_S,
+                                       minimum=0.0),
+            stuck_after_s=_float(environ, "ARZANI_STUCK_AFTER", defaults.STUCK_AFTER_S, minimum=1.0),
             reconcile_interval_s=_int(environ, "ARZANI_RECONCILE_INTERVAL", defaults.RECONCILE_INTERVAL_S,
                                       minimum=0),
             cleanup_interval_s=_int(environ, "ARZANI_CLEANUP_INTERVAL", defaults.CLEANUP_INTERVAL_S, minimum=0),

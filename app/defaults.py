@@ -91,6 +91,18 @@ SWEEP_INTERVAL_S = 60
 SWEEP_AFTER_S = 60
 """ARZANI_SWEEP_AFTER: a pending message older than this with no live job is enqueued again."""
 
+RECOVERY_INTERVAL_S = 2.0
+"""ARZANI_RECOVERY_INTERVAL: how often `arzani cron`'s recovery watcher looks for Redis having lost
+its data, replies nobody is writing and retries due (workers/recovery.py; 0: never)."""
+
+STUCK_AFTER_S = 10.0
+"""ARZANI_STUCK_AFTER: a pending message whose job left the queue this long ago and that nobody
+claimed (its worker died between taking the job and starting it) gets a takeover job."""
+
+RQ_RECONNECT_MAX_S = 2.0
+"""The longest an `rq worker` waits between two attempts to reach Redis (RQ's own default is 60 s:
+after an outage of a minute, workers would start again up to a minute after Redis)."""
+
 RECONCILE_INTERVAL_S = 600
 """ARZANI_RECONCILE_INTERVAL: how often `arzani reconcile --fix` runs (0: never)."""
 

@@ -99,6 +99,28 @@ def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message:
         return reply_job_id(queue.name, message)
 
 
+def enqueue_takeover(queue: Queue, settings: Settings, message: Stored, window: int) -> bool:
+    """A reply job under an id of its own, for a message whose reply nobody is writing (its
+    worker died: workers/recovery.py). At most one per message per `window`; True if enqueued.
+    The original job stays where it is (RQ's recovery may still retry it): the generation claim
+    lets only one of them call the agent."""
+    job_id = f"{reply_job_id(queue.name, message)}-takeover-{window}"
+    try:
+        queue.enqueue(
+            REPLY_JOB,
+            message.id,
+            job_id=job_id,
+            unique=True,
+            job_timeout=settings.job_timeout_s,
+            retry=_retry(settings.reply_retries),
+            on_failure=Callback(REPLY_FAILED_CALLBACK),
+            description=f"reply to message {message.id} (takeover)",
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
 def requeue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
     """A new round of attempts for a message whose job failed for good. The failed job keeps its
     id in RQ's failed registry: delete it to make room for the new one."""

@@ -117,6 +117,10 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", "client_message_id", name="uq_messages_client_message_id"),
         Index("ix_messages_conversation_order", "conversation_id", "id"),
+        # The pending messages only (a sliver of the table): the recovery watcher reads them every
+        # two seconds, the sweeper every minute, a run for its conversation's next message.
+        Index("ix_messages_pending", "conversation_id", "id", sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -153,7 +153,7 @@ def cron_scheduler(ctx: Context) -> None:
     from workers import scheduler
 
     configure_logging(ctx.services.settings.log_level)
-    scheduler.run(ctx.services.rq_redis)
+    scheduler.run(ctx.services.rq_redis, services=ctx.services)
 
 
 @cli.command("reconcile")

@@ -37,6 +37,14 @@ class _HorseFile(str):
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _HorseFile(os.getpid()))
 
+# After an outage RQ's workers try to reach Redis again after 1, 2, 4... up to 60 s: a worker could
+# start again a minute after Redis is back. RQ has no setting for it but this class attribute.
+from rq.worker import BaseWorker  # noqa: E402
+
+from app.defaults import RQ_RECONNECT_MAX_S  # noqa: E402
+
+BaseWorker.max_connection_wait_time = RQ_RECONNECT_MAX_S
+
 import workers.jobs  # noqa: E402  (after the value class: metrics are made at import)
 import workers.maintenance  # noqa: E402, F401
 

@@ -5,6 +5,7 @@ alive across Redis outages.
 and cleanup; under a Procfile runner one exiting process stops the others too. This runs the same
 `rq.cron.CronScheduler` and, when Redis goes away, says so in one line and starts it again with
 backoff (1 s, doubling, at most 30 s) until Redis answers; a stop (SIGTERM, Ctrl-C) still ends it.
+Beside it runs the recovery watcher (workers/recovery.py), which does not back off.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ SCHEDULE = "workers.cron"
 MAX_BACKOFF_S = 30.0
 
 
-def run(connection: Redis, *, schedule: str = SCHEDULE, sleep=time.sleep) -> None:
-    """Run the scheduler until it is asked to stop; outlive any Redis outage."""
+def run(connection: Redis, *, schedule: str = SCHEDULE, sleep=time.sleep, services=None) -> None:
+    """Run the scheduler until it is asked to stop; outlive any Redis outage. With `services`
+    (a Wiring), the recovery watcher (workers/recovery.py) runs beside it, in a thread of its own
+    that ticks through outages every ARZANI_RECOVERY_INTERVAL, whatever this loop's backoff."""
     from rq.cron import CronScheduler
 
+    if services is not None and services.settings.recovery_interval_s:
+        from workers.recovery import Recovery
+
+        Recovery(services).start()
     backoff = 1.0
     while True:
         scheduler = CronScheduler(connection=connection, logging_level=logging.WARNING)

@@ -35,9 +35,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("reply_id", "version", name="uq_reply_versions_version"),
     )
     op.create_index("ix_reply_versions_reply_id", "reply_versions", ["reply_id"])
+    op.create_index("ix_messages_pending", "messages", ["conversation_id", "id"],
+                    sqlite_where=sa.text("status = 'pending'"), postgresql_where=sa.text("status = 'pending'"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_pending", table_name="messages")
     op.drop_index("ix_reply_versions_reply_id", table_name="reply_versions")
     op.drop_table("reply_versions")
     with op.batch_alter_table("messages") as batch:
