@@ -96,3 +96,26 @@ def test_redis_restarted_empty_every_pending_reply_within_10_s(api, services, re
     print(f"\nRedis restarted empty: every reply {time.monotonic() - back:.1f} s after it answered again")
     for posted in everything:
         assert statuses(api, posted["conversation_id"]) == ["answered", "complete"]
+
+
+def test_a_retry_scheduled_before_redis_restarts_empty_is_not_lost_nor_late(api, services, redis_server,
+                                                                            procfile, fake_llm):
+    """The agent fails twice: RQ schedules the third attempt 5 s later (the retry schedule's second
+    interval). Redis restarts empty meanwhile, taking the schedule with it: the reply still comes,
+    no later than that interval and a few seconds."""
+    from app.defaults import RETRY_INTERVALS_S
+
+    procfile.start_worker("w1", *WORKER)
+    fake_llm.fail_next = 2
+    posted = api.send(new_session_id(), "third time lucky").json
+    fake_llm.wait_for_requests(2, timeout=60)
+    failed_again = time.monotonic()
+    job = services.queue.fetch_job(posted["job_id"])
+    wait_for(lambda: job.get_status(refresh=True) == "scheduled", 10, "the retry to be scheduled")
+    redis_server.stop()
+    redis_server.start()
+    bound = RETRY_INTERVALS_S[1] + 5
+    wait_for(lambda: answered(api, posted), bound, "the scheduled retry's reply")
+    print(f"\nretry scheduled before a Redis restart: reply {time.monotonic() - failed_again:.1f} s after the "
+          f"failure (its interval: {RETRY_INTERVALS_S[1]} s)")
+    assert len(fake_llm.requests) == 3
