@@ -202,7 +202,22 @@ def list_conversations():
 
 @bp.get("/conversations/<cid:conversation_id>")
 def get_conversation(conversation_id: str):
-    return jsonify(conversations.get_conversation(get_wiring(), _user_id(), conversation_id))
+    user_id = _user_id()
+    limit = _whole_number("limit", conversations.DEFAULT_MESSAGES_PAGE, conversations.MAX_MESSAGES_PAGE)
+    before = _whole_number("before", None, 2**31 - 1)
+    return jsonify(conversations.get_conversation(get_wiring(), user_id, conversation_id, limit=limit,
+                                                  before=before))
+
+
+def _whole_number(name: str, default: int | None, maximum: int) -> int | None:
+    """A query parameter that is a whole number from 1 to `maximum` (BadRequest otherwise)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    # isascii(): '²' and other Unicode digits pass isdigit() but not int()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not 1 <= int(raw) <= maximum:
+        raise BadRequest(f"{name} must be a whole number from 1 to {maximum}")
+    return int(raw)
 
 
 @bp.patch("/conversations/<cid:conversation_id>")

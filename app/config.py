@@ -165,6 +165,8 @@ class Settings:
     reply_retries: int = defaults.REPLY_RETRIES
     job_timeout_s: int = defaults.JOB_TIMEOUT_S
     if_busy: str = defaults.IF_BUSY
+    max_conversation_messages: int = defaults.MAX_CONVERSATION_MESSAGES
+    history_budget_chars: int = defaults.HISTORY_BUDGET_CHARS
     generation_lease_s: float = defaults.GENERATION_LEASE_S
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
     agent_timeout_s: float = defaults.AGENT_TIMEOUT_S
@@ -223,6 +225,10 @@ class Settings:
             reply_retries=_int(environ, "ARZANI_REPLY_RETRIES", defaults.REPLY_RETRIES, minimum=0),
             job_timeout_s=_int(environ, "ARZANI_JOB_TIMEOUT", defaults.JOB_TIMEOUT_S),
             if_busy=_choice(environ, "ARZANI_IF_BUSY", defaults.IF_BUSY, defaults.IF_BUSY_POLICIES),
+            max_conversation_messages=_int(environ, "ARZANI_MAX_CONVERSATION_MESSAGES",
+                                           defaults.MAX_CONVERSATION_MESSAGES, minimum=2),
+            history_budget_chars=_int(environ, "ARZANI_HISTORY_BUDGET_CHARS", defaults.HISTORY_BUDGET_CHARS,
+                                      minimum=1000),
             generation_lease_s=_float(environ, "ARZANI_GENERATION_LEASE_S", defaults.GENERATION_LEASE_S,
                                       minimum=1.0),
             sse_max_s=_float(environ, "ARZANI_SSE_MAX_S", defaults.SSE_MAX_S),

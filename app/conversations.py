@@ -23,7 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app import events, jobqueue, metrics
-from app.errors import BadRequest, Conflict, IdempotencyConflict, NotFound, SessionAnswering, SessionBusy
+from app.errors import (
+    BadRequest,
+    Conflict,
+    ConversationFull,
+    IdempotencyConflict,
+    NotFound,
+    SessionAnswering,
+    SessionBusy,
+)
 from app.models import Conversation, Message, MessageRole, MessageStatus, ReplyVersion, utcnow
 from app.sessions import process_name
 
@@ -164,6 +172,10 @@ def _announce_message(services: Wiring, user_id: int, session_id: str, resolved,
                              services.events.to_user(user_id, "message", **where, message=message))
 
 
+DEFAULT_MESSAGES_PAGE = 100
+MAX_MESSAGES_PAGE = 500
+"""GET /api/conversations/CID answers the latest 100 messages unless `limit` says (500 at most)."""
+
 STALE_KEY_ATTEMPTS = 3
 """A post that meets a stale session key drops it and resolves again, this many times at most."""
 
@@ -198,6 +210,7 @@ def store_user_message(
                     Conversation.session_id == session_id,
                     Conversation.user_id == user_id,
                     Conversation.deleted_at.is_(None),
+                    Conversation.message_count < services.settings.max_conversation_messages,
                 )
                 .values(
                     message_count=Conversation.message_count + 1,
@@ -206,6 +219,12 @@ def store_user_message(
                 )
             ).rowcount
             if bumped != 1:
+                full = db.scalar(select(Conversation.message_count).where(
+                    Conversation.id == conversation_id, Conversation.session_id == session_id,
+                    Conversation.user_id == user_id, Conversation.deleted_at.is_(None)))
+                if full is not None:
+                    raise ConversationFull(f"this conversation holds {full} messages, the most it may: "
+                                           "start a new chat (a new session id) to go on")
                 raise StaleConversation()
             # After the UPDATE, which holds the conversation's row (PostgreSQL) or the write lock
             # (SQLite): two rejecting posts at once cannot both see the session idle.
@@ -298,15 +317,22 @@ def _owned_conversation(db: Session, user_id: int, conversation_id: str) -> Conv
     return conversation
 
 
-def get_conversation(services: Wiring, user_id: int, conversation_id: str) -> dict:
+def get_conversation(services: Wiring, user_id: int, conversation_id: str, limit: int = DEFAULT_MESSAGES_PAGE,
+                     before: int | None = None) -> dict:
+    """A conversation and its latest `limit` messages (before message id `before`, if given),
+    oldest first; `next_before` pages further back (null: these are the first)."""
     with services.db.read() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
-        messages = db.scalars(
-            select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
-        ).all()
+        query = select(Message).where(Message.conversation_id == conversation.id)
+        if before is not None:
+            query = query.where(Message.id < before)
+        newest_first = db.scalars(query.order_by(Message.id.desc()).limit(limit + 1)).all()
+        messages = list(reversed(newest_first[:limit]))
+        next_before = messages[0].id if len(newest_first) > limit else None
         versions = earlier_versions(db, [m.id for m in messages if m.role == MessageRole.ASSISTANT and m.version > 1])
         return conversation_json(conversation) | {"messages": [message_json(m, versions.get(m.id, ()))
-                                                               for m in messages]}
+                                                               for m in messages],
+                                                  "next_before": next_before}
 
 
 def encode_cursor(updated_at: datetime, conversation_id: str) -> str:

@@ -53,6 +53,15 @@ answered with the whole history, the stopped reply's partial text included)."""
 
 IF_BUSY_POLICIES = ("enqueue", "reject", "interrupt")
 
+MAX_CONVERSATION_MESSAGES = 2000
+"""ARZANI_MAX_CONVERSATION_MESSAGES: messages (user messages and replies) one conversation may hold;
+a message beyond is refused (409 conversation_full). 1,000 exchanges of up to 32 KiB each."""
+
+HISTORY_BUDGET_CHARS = 60_000
+"""ARZANI_HISTORY_BUDGET_CHARS: the most characters of history an agent is given (about 15,000
+tokens): the conversation's first message and the newest messages that fit, the message being
+answered always among them; older ones are left out first."""
+
 GENERATION_LEASE_S = 15.0
 """ARZANI_GENERATION_LEASE_S: a reply being written is claimed in the database for this long and
 renewed every third of it by the worker writing it; a claim not renewed (its worker died or

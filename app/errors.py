@@ -75,6 +75,12 @@ class SessionAnswering(Conflict):
     retry_after_s = 2
 
 
+class ConversationFull(Conflict):
+    """The conversation holds ARZANI_MAX_CONVERSATION_MESSAGES messages: start a new chat."""
+
+    code = "conversation_full"
+
+
 class ContentTooLarge(ArzaniError):
     """Message content is limited to 32 KiB."""
 

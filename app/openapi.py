@@ -49,7 +49,8 @@ ERRORS = {
     "404": _error("not found, or another user's"),
     "409": _error("the request does not fit the current state (e.g. `idempotency_conflict`: a "
                   "client_message_id reused for other content; `session_busy` with Retry-After: the "
-                  "assistant is still answering and the message asked `if_busy: reject`)"),
+                  "assistant is still answering and the message asked `if_busy: reject`; "
+                  "`conversation_full`: the conversation holds the most messages it may)"),
     "413": _error("content over 32 KiB, or a request body over 256 KiB"),
     "422": _error("a JSON body of the wrong shape"),
     "429": _error("rate limited"),
@@ -129,8 +130,11 @@ SCHEMAS = {
     },
     "ConversationDetail": {
         "allOf": [_ref("Conversation"), {
-            "type": "object", "required": ["messages"],
-            "properties": {"messages": {"type": "array", "items": _ref("Message")}},
+            "type": "object", "required": ["messages", "next_before"],
+            "properties": {"messages": {"type": "array", "items": _ref("Message")},
+                           "next_before": {"type": ["integer", "null"],
+                                           "description": "pass as `before` for the older messages; null: "
+                                                          "these are the first"}},
         }],
     },
     "PostedMessage": {
@@ -269,9 +273,15 @@ PATHS = {
         },
     },
     "/api/conversations/{conversation_id}": {
-        "get": {"summary": "A conversation with its messages, oldest first", "parameters": [CID_PARAM],
+        "get": {"summary": "A conversation with its latest messages (100 unless `limit` says), oldest first; "
+                           "`before` pages back",
+                "parameters": [CID_PARAM,
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                          "maximum": 500}},
+                               {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                                "description": "only messages older than this message id (a `next_before`)"}],
                 "responses": {"200": {"description": "the conversation", **_json(_ref("ConversationDetail"))},
-                              **_errors("401", "404", "429", "503")}},
+                              **_errors("400", "401", "404", "429", "503")}},
         "patch": {"summary": "Rename", "parameters": [CID_PARAM],
                   "requestBody": {"required": True, **_json({
                       "type": "object", "required": ["title"], "additionalProperties": False,

@@ -175,11 +175,13 @@ def _check_session_key(svc: Wiring, conversation: Conversation) -> None:
     svc.sessions.repair(conversation.session_id, replacing=tracked_id)
 
 
-def history(db, conversation_id: str, upto_message_id: int) -> list[Message]:
+def history(db, conversation_id: str, upto_message_id: int, budget_chars: int | None = None) -> list[Message]:
     """What the agent is given to answer `upto_message_id`: the persisted transcript up to it, in
     conversational order (each user message followed by its reply: complete, or stopped with its
     partial text). Failed user messages are left out (the agent never answered them, and a retry
-    of one is answered in its place); later messages are never included."""
+    of one is answered in its place); later messages are never included. Over `budget_chars`
+    (ARZANI_HISTORY_BUDGET_CHARS), the oldest are left out first: the conversation's first
+    message stays, then the newest that fit, the message being answered always."""
     rows = db.scalars(
         select(Message)
         .where(Message.conversation_id == conversation_id,
@@ -195,7 +197,15 @@ def history(db, conversation_id: str, upto_message_id: int) -> list[Message]:
         transcript.append(m)
         if m.id in replies:
             transcript.append(replies[m.id])
-    return transcript
+    if budget_chars is None or sum(len(m.content) for m in transcript) <= budget_chars:
+        return transcript
+    first, kept, used = transcript[0], [], len(transcript[0].content)
+    for m in reversed(transcript[1:]):
+        if kept and used + len(m.content) > budget_chars:
+            break
+        kept.append(m)
+        used += len(m.content)
+    return [first, *reversed(kept)]
 
 
 def _generate(svc: Wiring, agent, conversation: Conversation, held: runs.Claim) -> str:
@@ -203,7 +213,7 @@ def _generate(svc: Wiring, agent, conversation: Conversation, held: runs.Claim) 
     or gone (answered meanwhile)."""
     user_message_id = held.message_id
     with svc.db.read() as db:  # (a reply already there, its message pending: a regeneration)
-        seen = history(db, conversation.id, user_message_id)
+        seen = history(db, conversation.id, user_message_id, svc.settings.history_budget_chars)
     turns = [Turn(m.role, m.content) for m in seen]
     try:
         # A new epoch in the session's event log: pages drop any text of an earlier attempt at

@@ -203,3 +203,29 @@ def test_an_llm_reply_streams_in_and_a_failure_can_be_retried(live_llm, fake_llm
     chat.wait_for_replies(2)
     assert chat.replies().nth(1).inner_text() == "LLM heard 'and now?' after 3 turns"
     assert fake_llm.requests[-1]["messages"][0]["content"] == "tell me something"  # whole history
+
+
+def test_a_long_chat_shows_its_latest_page_and_loads_earlier_messages(live, open_chat):
+    """Issue 13, item 10: the page reads the latest 100 messages, not the whole conversation, and
+    "Load earlier messages" brings the rest in front of them."""
+    chat = open_chat(live)
+    chat.send("message 0")
+    chat.wait_for_replies(1)
+    session_id = chat.status()["page"]["session_id"]
+    chat.page.evaluate("""async (sid) => {
+        for (let n = 1; n < 60; n++) {
+          const r = await fetch(`/api/sessions/${sid}/messages`, {method: "POST",
+            headers: {"Content-Type": "application/json"}, body: JSON.stringify({content: `message ${n}`})});
+          if (!r.ok) throw new Error(`POST ${n}: ${r.status}`);
+        }
+    }""", session_id)
+    conversation_id = chat.status()["page"]["conversation_id"]
+    chat.page.wait_for_function(
+        f"() => fetch('/api/conversations/{conversation_id}?limit=500').then((r) => r.json())"
+        ".then((c) => c.messages.length === 120)", timeout=60_000)
+    chat.page.reload()
+    expect(chat.page.locator(".message")).to_have_count(100)
+    chat.page.click("button.load-earlier")
+    expect(chat.page.locator(".message")).to_have_count(120)
+    expect(chat.page.locator("button.load-earlier")).to_have_count(0)
+    assert chat.page.locator(".message.user").first.inner_text().startswith("message 0")

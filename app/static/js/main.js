@@ -5,7 +5,8 @@ import { api, enc } from "./api.js";
 import { bindComposer } from "./composer.js";
 import { bindReplyTools, bindRetry, render, resetPane, showError, updateBadge } from "./pane.js";
 import { followChats } from "./chats.js";
-import { loadConversation, regenerateReply, retryReply, stopWatching } from "./replies.js";
+import { loadEarlier, regenerateReply, retryReply } from "./actions.js";
+import { loadConversation, stopWatching } from "./replies.js";
 import { bindSidebar, markActive, refreshSidebar } from "./sidebar.js";
 import { state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";
@@ -51,7 +52,7 @@ async function start() {
     },
   });
   bindRetry(retryReply);
-  bindReplyTools(regenerateReply);
+  bindReplyTools(regenerateReply, loadEarlier);
   bindComposer();
   document.addEventListener("visibilitychange", () => {
     // back to the tab: other tabs may have chatted meanwhile

@@ -26,6 +26,8 @@ export function showError(error, from = "action") {
 // streamed so far goes only on a switch. The caller draws.
 export function resetPane({ title, streaming = false } = {}) {
   state.server = [];
+  state.earlier = [];
+  state.nextBefore = null;
   state.confirmed.clear();
   if (streaming) {
     state.streaming.clear();
@@ -84,7 +86,8 @@ export function render({ scroll = false } = {}) {
   const pending = new Set(shown.filter((m) => m.role === "user" && m.status === "pending").map((m) => m.id));
   const lastUser = shown.filter((m) => m.role === "user").map((m) => m.id).pop();
   const idle = !awaitingReply();
-  const items = [];
+  const items = [state.nextBefore && el("li", { className: "earlier" },
+    el("button", { type: "button", className: "load-earlier", text: "Load earlier messages" }))];
   for (const message of shown) {
     // a reply being regenerated: the new version's text, once it streams, shows in its place
     if (message.role === "assistant" && pending.has(message.reply_to) && state.streaming.has(message.reply_to)) continue;
@@ -101,7 +104,7 @@ export function render({ scroll = false } = {}) {
                                content: state.streaming.get(message.id), reply_to: message.id }));
     }
   }
-  list.replaceChildren(...items);
+  list.replaceChildren(...items.filter(Boolean));
   $("stop").hidden = idle; // Stop while a reply of the open chat is awaited
   $("chat-title").textContent = state.title;
   if (scroll || nearBottom) list.scrollTop = list.scrollHeight;
@@ -109,8 +112,12 @@ export function render({ scroll = false } = {}) {
 
 // The reply tools (one delegated handler): the version arrows page through a reply's versions
 // on this page; Regenerate asks the server for a new one (regenerate(reply) resolves once asked).
-export function bindReplyTools(regenerate) {
+export function bindReplyTools(regenerate, loadEarlier) {
   $("messages").addEventListener("click", (event) => {
+    if (event.target.closest("button.load-earlier")) {
+      loadEarlier().catch(showError);
+      return;
+    }
     const button = event.target.closest(".reply-tools button");
     if (!button) return;
     const reply = state.messages.find((m) => String(m.id) === button.closest(".reply-tools").dataset.reply);

@@ -39,7 +39,10 @@ export async function loadConversation() {
   }
   if (!current()) return false;
   state.loads.shown = seq;
-  state.server = conversation.messages;
+  // The latest page; pages loaded with "Load earlier messages" stay in front of it.
+  const first = conversation.messages.length ? conversation.messages[0].id : Infinity;
+  state.server = state.earlier.filter((m) => m.id < first).concat(conversation.messages);
+  if (!state.earlier.length) state.nextBefore = conversation.next_before;
   state.title = conversation.title || "Untitled";
   mergeMessages();
   render();
@@ -171,20 +174,4 @@ async function afterReply() {
     synchronizer.setConversation(serverConversation); // the database is the truth
     await loadConversation();
   }
-}
-
-export async function regenerateReply(reply) {
-  const userMessage = state.messages.find((m) => m.id === reply.reply_to);
-  if (!userMessage) return;
-  await api("POST", `/api/conversations/${enc(reply.conversation_id)}/messages/${enc(userMessage.id)}/regenerate`);
-  console.info("Session synchronization: regenerate", { reply_to: userMessage.id, reply: reply.id });
-  state.versionShown.delete(reply.id);
-  await loadConversation();
-}
-
-export async function retryReply(message) {
-  await api("POST", `/api/conversations/${enc(message.conversation_id)}/messages/${enc(message.id)}/retry`);
-  state.streaming.delete(message.id);
-  state.epochs.delete(message.id);
-  await loadConversation();
 }

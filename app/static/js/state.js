@@ -12,6 +12,8 @@ export const state = {
   epochs: new Map(), // user message id -> the id of the `start` event of the attempt being shown
   messages: [], // server + confirmed, merged
   versionShown: new Map(), // reply id -> the version the arrows show (absent: the current one)
+  earlier: [], // older pages of the open conversation, loaded on demand (oldest first)
+  nextBefore: null, // the `before` of the page further back, null: the first message is shown
   title: "New chat",
   // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
   // one already shown, or for a chat no longer open, is dropped. The sidebar's likewise.
