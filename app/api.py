@@ -7,7 +7,7 @@ import secrets
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from app import conversations, events, keys, runs
+from app import conversations, events, keys, runs, streamslots
 from app.auth import authenticate
 from app.defaults import IF_BUSY_POLICIES
 from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
@@ -140,11 +140,20 @@ def session_status(session_id: str):
     return jsonify(get_wiring().sessions.status(session_id, _user_id()))
 
 
-def _event_stream(target: events.Log, *, replay: bool) -> Response:
+def _event_stream(target: events.Log, *, replay: bool, user_id: int) -> Response:
     wiring = get_wiring()
     after = events.resume_position(request.headers.get("Last-Event-ID"), request.args.get("after"))
-    stream = events.EventStream(wiring.redis, wiring.event_hub, target, after=after, replay=replay,
-                                max_s=wiring.settings.sse_max_s)
+    settings = wiring.settings
+    slot = streamslots.take(wiring.redis, user_id, request.remote_addr, per_user=settings.max_streams_per_user,
+                            per_ip=settings.max_streams_per_ip)
+    sock = request.environ.get("gunicorn.socket")  # under gunicorn: a closed page is noticed at once
+    try:
+        stream = events.EventStream(wiring.redis, wiring.event_hub, target, after=after, replay=replay,
+                                    max_s=settings.sse_max_s, slot=slot,
+                                    client_gone=(lambda: events.socket_closed(sock)) if sock is not None else None)
+    except BaseException:
+        slot.release()
+        raise
     return Response(stream, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -156,8 +165,9 @@ def session_events(session_id: str):
     retained log is replayed first (a reply being written shows at once). A session id nobody has
     yet is reserved for the caller, so a client can listen before its first message."""
     session_id = _session_id(session_id)
-    get_wiring().sessions.require_owner(session_id, _user_id(), claim=True)
-    return _event_stream(events.session_log(session_id), replay=True)
+    user_id = _user_id()
+    get_wiring().sessions.require_owner(session_id, user_id, claim=True)
+    return _event_stream(events.session_log(session_id), replay=True, user_id=user_id)
 
 
 @bp.post("/sessions/<session_id>/stop")
@@ -174,7 +184,8 @@ def stop_reply(session_id: str):
 def user_events():
     """Server-Sent Events of the caller's chats (created, renamed, deleted, message, reply,
     failed), for the sidebars of all their tabs and devices; resumable like a session's."""
-    return _event_stream(events.user_log(_user_id()), replay=False)
+    user_id = _user_id()
+    return _event_stream(events.user_log(user_id), replay=False, user_id=user_id)
 
 
 @bp.post("/conversations/<cid:conversation_id>/messages/<int(min=1, max=2147483647):message_id>/retry")

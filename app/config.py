@@ -173,6 +173,8 @@ class Settings:
     sse_max_s: float = defaults.SSE_MAX_S
     events_retain_s: float = defaults.EVENTS_RETAIN_S
     redis_max_connections: int = defaults.REDIS_MAX_CONNECTIONS
+    max_streams_per_user: int = defaults.MAX_STREAMS_PER_USER
+    max_streams_per_ip: int = defaults.MAX_STREAMS_PER_IP
     log_level: str = defaults.LOG_LEVEL
     sweep_interval_s: int = defaults.SWEEP_INTERVAL_S
     sweep_after_s: int = defaults.SWEEP_AFTER_S
@@ -236,6 +238,8 @@ class Settings:
                                    minimum=1.0),
             redis_max_connections=_int(environ, "ARZANI_REDIS_MAX_CONNECTIONS", defaults.REDIS_MAX_CONNECTIONS,
                                        minimum=2),
+            max_streams_per_user=_int(environ, "ARZANI_MAX_STREAMS_PER_USER", defaults.MAX_STREAMS_PER_USER),
+            max_streams_per_ip=_int(environ, "ARZANI_MAX_STREAMS_PER_IP", defaults.MAX_STREAMS_PER_IP),
             agent_timeout_s=_float(environ, "ARZANI_AGENT_TIMEOUT", defaults.AGENT_TIMEOUT_S),
             rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",
                                                defaults.RATE_LIMIT if env == "production" else "off")),

@@ -83,6 +83,14 @@ EVENTS_RETAIN_S = 120.0
 """ARZANI_EVENTS_RETAIN_S: a session's event log (the reply's tokens) is kept this long after the
 reply is attached, so a page that reconnects or reloads just then still resumes exactly."""
 
+MAX_STREAMS_PER_USER = 32
+"""ARZANI_MAX_STREAMS_PER_USER: event streams one user may hold open at once, over every web
+process (a tab holds two); beyond, 429 too_many_streams."""
+
+MAX_STREAMS_PER_IP = 256
+"""ARZANI_MAX_STREAMS_PER_IP: event streams one client address may hold open at once (many users
+behind one NAT share it); beyond, 429 too_many_streams."""
+
 REDIS_MAX_CONNECTIONS = 10
 """ARZANI_REDIS_MAX_CONNECTIONS: Redis connections one process may hold for our keys (one of them
 is the pub/sub connection its event streams and lock waiters share), and as many for the queue.

@@ -81,6 +81,14 @@ class ConversationFull(Conflict):
     code = "conversation_full"
 
 
+class TooManyStreams(ArzaniError):
+    """Too many event streams are open for this user or this address; close some (other tabs)."""
+
+    code = "too_many_streams"
+    status = 429
+    retry_after_s = 5
+
+
 class ContentTooLarge(ArzaniError):
     """Message content is limited to 32 KiB."""
 

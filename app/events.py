@@ -56,6 +56,9 @@ USER_LOG_MAXLEN = 1000
 USER_LOG_TTL_S = 86_400
 """A user's log: the last 1,000 events of a day; a tab away longer is told `reset`."""
 
+GONE_CHECK_S = 1.0
+"""How often an open stream looks whether its client has closed the connection."""
+
 SUBSCRIBE_TIMEOUT_S = 5.0
 MAX_QUEUED = 10_000
 """Entries waiting for one slow stream before it is made to re-read the log instead."""
@@ -486,6 +489,21 @@ class Hub:
                 sub.push(message["data"])
 
 
+def socket_closed(sock) -> bool:
+    """True if the peer of `sock` has closed the connection (it is readable and reads as EOF). An
+    SSE client sends nothing after its request, so a readable socket means EOF or an error."""
+    import select
+    import socket
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 def frame(entry_id: str | None, event_type: str, data: str) -> str:
     head = f"id: {entry_id}\n" if entry_id else ""
     return f"{head}event: {event_type}\ndata: {data}\n\n"
@@ -496,11 +514,15 @@ class EventStream:
     so that an unavailable Redis is a JSON 503, not a broken stream."""
 
     def __init__(self, redis: Redis, hub: Hub, target: Log, *, after: str | None, replay: bool, max_s: float,
-                 heartbeat_s: float = HEARTBEAT_S):
+                 heartbeat_s: float = HEARTBEAT_S, slot=None, client_gone=None):
         """`after`: the client's position (resume exactly after it). Without one, `replay` sends the
-        whole retained log (a session: the reply being written), else only what comes next (a user)."""
+        whole retained log (a session: the reply being written), else only what comes next (a user).
+        `slot` (app/streamslots.py) is renewed at each heartbeat and released when the stream ends;
+        `client_gone()` is asked every GONE_CHECK_S, so a closed page frees its stream within
+        seconds instead of at the next failed write."""
         self.redis, self.hub, self.target = redis, hub, target
         self.max_s, self.heartbeat_s = max_s, heartbeat_s
+        self.slot, self.client_gone = slot, client_gone
         self.sub = hub.subscribe(target.channel)
         try:
             self.position, self.backlog, self.reset = self._catch_up(after, replay)
@@ -538,18 +560,27 @@ class EventStream:
             yield frame(self.position, "ready", json.dumps({"position": self.position}))
             yield from self._live()
         finally:
-            self.hub.unsubscribe(self.sub)
+            self.close()
 
     def close(self) -> None:
         """Called by the WSGI server when the response ends, even one never iterated."""
         self.hub.unsubscribe(self.sub)
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            try:
+                slot.release()
+            except RedisError:
+                pass  # it expires by itself (streamslots.SLOT_TTL_S)
 
     def _live(self) -> Iterator[str]:
         end = time.monotonic() + self.max_s
         next_beat = time.monotonic() + self.heartbeat_s
         position = parse_id(self.position)
         while (now := time.monotonic()) < end:
-            items = self.sub.take(min(end - now, max(next_beat - now, 0.0)))
+            if self.client_gone is not None and self.client_gone():
+                return  # the page was closed: free the stream (and its slot) now
+            wait = min(end - now, max(next_beat - now, 0.0))
+            items = self.sub.take(min(wait, GONE_CHECK_S) if self.client_gone is not None else wait)
             for item in items:
                 if item is LOST:
                     if not self.sub.ready.wait(max(end - time.monotonic(), 0.0)):
@@ -573,6 +604,11 @@ class EventStream:
                 yield frame(entry_id, event_type, data)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat_s
+                if self.slot is not None:
+                    try:
+                        self.slot.renew()
+                    except RedisError:
+                        pass  # Redis away: the hub's LOST tells the stream
                 yield ": heartbeat\n\n"
 
 

@@ -80,7 +80,8 @@ class Stack:
         self.port = free_port()
         # --graceful-timeout 1: an open event stream (the chat page) must not hold up the stop
         self._spawn("web", [str(BIN / "gunicorn"), "--worker-class", "gevent", "--workers", str(workers),
-                            "--worker-connections", "1000", "--graceful-timeout", "1", "--no-control-socket",
+                            "--worker-connections", "1000", "--graceful-timeout", "1", "--keep-alive", "5",
+                            "--no-control-socket",
                             "--bind", f"127.0.0.1:{self.port}", "app:create_app()"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
