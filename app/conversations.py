@@ -379,6 +379,8 @@ def list_conversations(services: Wiring, user_id: int, limit: int, cursor: str |
         )
     with services.db.read() as db:
         rows = db.execute(query).all()
+        versions = earlier_versions(db, [m.id for _, m in rows[:limit]
+                                         if m is not None and m.role == MessageRole.ASSISTANT and m.version > 1])
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
@@ -387,7 +389,8 @@ def list_conversations(services: Wiring, user_id: int, limit: int, cursor: str |
     return {
         "conversations": [
             conversation_json(c)
-            | {"message_count": c.message_count, "last_message": message_json(m) if m else None}
+            | {"message_count": c.message_count,
+               "last_message": message_json(m, versions.get(m.id, ())) if m else None}
             for c, m in page
         ],
         "next_cursor": next_cursor,

@@ -171,3 +171,13 @@ def test_a_stopped_reply_can_be_regenerated(api, run_jobs):
     run_jobs()
     messages = api.get(f"/api/conversations/{first['conversation_id']}").json["messages"]
     assert [(m["role"], m["status"]) for m in messages] == [("user", "answered"), ("assistant", "complete")]
+
+
+def test_the_sidebar_lists_every_version_of_a_regenerated_last_reply(api, run_jobs):
+    session_id = new_session_id()
+    first = api.send(session_id, "versions in the sidebar").json
+    run_jobs()
+    api.post(f"/api/conversations/{first['conversation_id']}/messages/{first['message']['id']}/regenerate")
+    run_jobs()
+    last = api.get("/api/conversations").json["conversations"][0]["last_message"]
+    assert last["current_version"] == 2 and [v["version"] for v in last["versions"]] == [1, 2]
