@@ -512,7 +512,7 @@ class RunResult:
     verdict: chaoscheck.Verdict
     faults: Counter = field(default_factory=Counter)
     recovery: dict[str, list[float]] = field(default_factory=dict)
-    faults_without_messages: Counter = field(default_factory=Counter)
+    isolated: dict[str, list[float]] = field(default_factory=dict)  # faults recovered before the next one
     minutes: float = 0.0
     recovery_wait_s: float = 0.0
     recovery_bound_s: float = 0.0
@@ -705,29 +705,10 @@ def run_chaos(*, seconds: float, seed: int, clients: int, fault_every: float, da
         watch.done.set()
         watch.join(5)
         stored = read_state(services)
-        with open(out / "state.jsonl", "w") as state_log:  # the final state, for a violation's evidence
-            for row in [*stored.conversations, *stored.messages]:
-                state_log.write(json.dumps({"type": type(row).__name__, **dataclasses.asdict(row)}) + "\n")
-            state_log.write(json.dumps({"type": "tracked", "sessions": stored.tracked}) + "\n")
-        attempts = read_attempts(out, clients)
-        verdict = chaoscheck.check(attempts, stored)
-        replies = {m.reply_to: m.created_at for m in stored.messages if m.role == "assistant"}
-        by_key = {}
-        conversations = {c.id: c.session_id for c in stored.conversations}
-        for message in stored.messages:
-            if message.role == "user" and message.client_message_id:
-                by_key[(conversations.get(message.conversation_id), message.client_message_id)] = message.id
-        in_flight = []
-        for message in chaoscheck.accepted_messages(attempts):
-            message_id = by_key.get((message.session_id, message.client_message_id))
-            done_at = replies.get(message_id) or watch.seen.get(message_id)
-            if done_at is not None:
-                in_flight.append((message.first_sent_at, done_at))
-        recovery = chaoscheck.recovery_times(faults, in_flight)
-        made = Counter(f.kind for f in faults)
-        return RunResult(verdict, made, recovery,
-                         Counter({k: made[k] - len(recovery.get(k, [])) for k in made}),
-                         seconds / 60, recovery_wait_s, bound)
+        write_state(out / "state.jsonl", stored, watch.seen)
+        result = judge(read_attempts(out), faults, stored, watch.seen, seconds / 60)
+        result.recovery_wait_s, result.recovery_bound_s = recovery_wait_s, bound
+        return result
     finally:
         if services is not None:
             services.close()
@@ -736,16 +717,64 @@ def run_chaos(*, seconds: float, seed: int, clients: int, fault_every: float, da
         atexit.unregister(cleanup)
 
 
+def judge(attempts: list[chaoscheck.Attempt], faults: list[chaoscheck.Fault], stored: chaoscheck.Stored,
+          failed_seen: dict[int, float], minutes: float) -> RunResult:
+    """The verdict and the times to recovery of a run, from its records and its final state."""
+    verdict = chaoscheck.check(attempts, stored)
+    replies = {m.reply_to: m.created_at for m in stored.messages if m.role == "assistant"}
+    conversations = {c.id: c.session_id for c in stored.conversations}
+    by_key = {(conversations.get(m.conversation_id), m.client_message_id): m.id
+              for m in stored.messages if m.role == "user" and m.client_message_id}
+    in_flight = []
+    for message in chaoscheck.accepted_messages(attempts):
+        message_id = by_key.get((message.session_id, message.client_message_id))
+        done_at = replies.get(message_id) or failed_seen.get(message_id)
+        if done_at is not None:
+            in_flight.append((message.first_sent_at, done_at))
+    made = Counter(f.kind for f in faults)
+    return RunResult(verdict, made, chaoscheck.recovery_times(faults, in_flight),
+                     chaoscheck.recovery_times(faults, in_flight, isolated=True), minutes)
+
+
+def write_state(path: Path, stored: chaoscheck.Stored, failed_seen: dict[int, float]) -> None:
+    """The final state, kept for a violation's evidence and for `--recheck`."""
+    with open(path, "w") as state_log:
+        for row in [*stored.conversations, *stored.messages]:
+            state_log.write(json.dumps({"type": type(row).__name__, **dataclasses.asdict(row)}) + "\n")
+        state_log.write(json.dumps({"type": "tracked", "sessions": stored.tracked}) + "\n")
+        state_log.write(json.dumps({"type": "failed_seen", "at": {str(k): v for k, v in failed_seen.items()}}) + "\n")
+
+
+def read_run(out: Path) -> RunResult:
+    """A finished run judged again from its directory (`--recheck`)."""
+    stored, failed_seen = chaoscheck.Stored([], []), {}
+    for line in (out / "state.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        kind = row.pop("type")
+        if kind == "StoredConversation":
+            stored.conversations.append(chaoscheck.StoredConversation(**row))
+        elif kind == "StoredMessage":
+            stored.messages.append(chaoscheck.StoredMessage(**row))
+        elif kind == "tracked":
+            stored.tracked = row["sessions"]
+        elif kind == "failed_seen":
+            failed_seen = {int(k): v for k, v in row["at"].items()}
+    faults = [chaoscheck.Fault(row["kind"], row["at"]) for row in map(json.loads, (out / "faults.jsonl").open())
+              if row.get("done")]
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    result = judge(read_attempts(out), faults, stored, failed_seen, summary.get("seconds", 0) / 60)
+    result.recovery_wait_s = summary.get("recovery_wait_s", 0.0)
+    result.recovery_bound_s = summary.get("recovery_bound_s", 0.0)
+    return result
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def read_attempts(out: Path, clients: int) -> list[chaoscheck.Attempt]:
+def read_attempts(out: Path) -> list[chaoscheck.Attempt]:
     attempts = []
-    for index in range(clients):
-        path = out / f"client-{index}.jsonl"
-        if not path.exists():
-            continue
+    for path in sorted(out.glob("client-*.jsonl")):
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
@@ -773,6 +802,51 @@ def summary_line(result: RunResult) -> str:
 MAX_VIOLATIONS_SHOWN = 50
 
 
+def _figures(times: list[float]) -> tuple[str, str]:
+    if not times:
+        return "-", "-"
+    p50, worst = chaoscheck.p50_and_max(times)
+    return f"{p50:.2f}", f"{worst:.2f}"
+
+
+def report(result: RunResult, out: Path, run_seconds: float, seed: int | None) -> None:
+    """Print the times to recovery, the violations and the summary line; write summary.json."""
+    if result.recovery_bound_s:
+        click.echo(f"chaos: every message settled {result.recovery_wait_s:.0f} s after the clients stopped "
+                   f"(bound {result.recovery_bound_s:.0f} s after the last fault)")
+    click.echo("time to recovery (from the fault to the last reply of the messages in flight at it), seconds;")
+    click.echo("isolated: the faults that recovered before the next fault happened:")
+    click.echo(f"  {'fault':<18} {'made':>5} {'caught':>7} {'p50':>8} {'max':>8} {'isolated':>9} {'p50':>8} {'max':>8}")
+    for kind in FAULTS:
+        if kind not in result.faults:
+            continue
+        times, isolated = result.recovery.get(kind, []), result.isolated.get(kind, [])
+        click.echo(f"  {kind:<18} {result.faults[kind]:>5} {len(times):>7} {_figures(times)[0]:>8} "
+                   f"{_figures(times)[1]:>8} {len(isolated):>9} {_figures(isolated)[0]:>8} {_figures(isolated)[1]:>8}")
+    for violation in result.verdict.violations[:MAX_VIOLATIONS_SHOWN]:
+        click.echo(violation.line())
+    if len(result.verdict.violations) > MAX_VIOLATIONS_SHOWN:
+        click.echo(f"... and {len(result.verdict.violations) - MAX_VIOLATIONS_SHOWN} more violations")
+
+    def figures(by_kind):
+        return {k: {"caught": len(v), "p50_s": chaoscheck.p50_and_max(v)[0], "max_s": chaoscheck.p50_and_max(v)[1]}
+                for k, v in by_kind.items()}
+
+    verdict = result.verdict
+    summary = {
+        "seconds": run_seconds, "seed": seed, "faults": dict(result.faults),
+        "accepted": verdict.accepted, "stored_once": verdict.stored_once, "answered": verdict.answered,
+        "failed": verdict.failed, "failure_reasons": dict(verdict.failure_reasons), "replayed": verdict.replayed,
+        "stored_unacknowledged": verdict.stored_unacknowledged, "violations": [v.line() for v in verdict.violations],
+        "recovery": figures(result.recovery), "recovery_isolated": figures(result.isolated),
+        "recovery_wait_s": result.recovery_wait_s, "recovery_bound_s": result.recovery_bound_s,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(f"chaos: {_n(verdict.replayed)} retries answered with their first message, "
+               f"{_n(verdict.stored_unacknowledged)} messages stored that no client saw accepted")
+    click.echo(summary_line(result))
+
+
 @click.command("chaos")
 @click.option("--minutes", type=float, default=None, help="how long the faults and clients run (default 10)")
 @click.option("--seconds", type=float, default=None, help="the same in seconds, for short runs")
@@ -787,9 +861,16 @@ MAX_VIOLATIONS_SHOWN = 50
 @click.option("--faults", "fault_kinds", default=",".join(FAULTS), show_default=True,
               help="comma-separated kinds of fault to draw from")
 @click.option("--web-processes", default=4, show_default=True, help="gunicorn worker processes")
-def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault_kinds, web_processes) -> None:
+@click.option("--recheck", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="start nothing: judge a finished run again from its directory")
+def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault_kinds, web_processes,
+          recheck) -> None:
     """Run the Procfile's processes under supervisord with racing clients and random faults, then
     check the whole history; exit status 1 on any violation."""
+    if recheck is not None:
+        result = read_run(recheck)
+        report(result, recheck, result.minutes * 60, None)
+        sys.exit(1 if result.verdict.violations else 0)
     if minutes is not None and seconds is not None:
         raise click.UsageError("give --minutes or --seconds, not both")
     run_seconds = seconds if seconds is not None else (minutes if minutes is not None else 10.0) * 60
@@ -805,34 +886,5 @@ def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault
     click.echo(f"chaos: seed {seed}, {run_seconds:.0f} s, logs in {out}")
     result = run_chaos(seconds=run_seconds, seed=seed, clients=clients, fault_every=fault_every,
                        database_url=database_url, out=out, kinds=kinds, web_processes=web_processes)
-    click.echo(f"chaos: every message settled {result.recovery_wait_s:.0f} s after the clients stopped "
-               f"(bound {result.recovery_bound_s:.0f} s after the last fault)")
-    click.echo("time to recovery (from the fault to the last reply of the messages in flight at it), seconds:")
-    click.echo(f"  {'fault':<18} {'made':>5} {'caught':>7} {'p50':>8} {'max':>8}")
-    for kind in FAULTS:
-        if kind not in result.faults:
-            continue
-        times = result.recovery.get(kind, [])
-        p50, worst = chaoscheck.p50_and_max(times) if times else (None, None)
-        click.echo(f"  {kind:<18} {result.faults[kind]:>5} {len(times):>7} "
-                   f"{'-' if p50 is None else f'{p50:.2f}':>8} {'-' if worst is None else f'{worst:.2f}':>8}")
-    for violation in result.verdict.violations[:MAX_VIOLATIONS_SHOWN]:
-        click.echo(violation.line())
-    if len(result.verdict.violations) > MAX_VIOLATIONS_SHOWN:
-        click.echo(f"... and {len(result.verdict.violations) - MAX_VIOLATIONS_SHOWN} more violations")
-    summary = {
-        "seconds": run_seconds, "seed": seed, "faults": dict(result.faults),
-        "accepted": result.verdict.accepted, "stored_once": result.verdict.stored_once,
-        "answered": result.verdict.answered, "failed": result.verdict.failed,
-        "failure_reasons": dict(result.verdict.failure_reasons), "replayed": result.verdict.replayed,
-        "stored_unacknowledged": result.verdict.stored_unacknowledged,
-        "violations": [v.line() for v in result.verdict.violations],
-        "recovery": {k: {"caught": len(v), "p50_s": chaoscheck.p50_and_max(v)[0], "max_s": chaoscheck.p50_and_max(v)[1]}
-                     for k, v in result.recovery.items()},
-        "recovery_wait_s": result.recovery_wait_s, "recovery_bound_s": result.recovery_bound_s,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    click.echo(f"chaos: {_n(result.verdict.replayed)} retries answered with their first message, "
-               f"{_n(result.verdict.stored_unacknowledged)} messages stored that no client saw accepted")
-    click.echo(summary_line(result))
+    report(result, out, run_seconds, seed)
     sys.exit(1 if result.verdict.violations else 0)

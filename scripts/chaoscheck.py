@@ -242,7 +242,8 @@ class Fault:
     at: float  # epoch seconds
 
 
-def recovery_times(faults: list[Fault], in_flight: list[tuple[float, float]]) -> dict[str, list[float]]:
+def recovery_times(faults: list[Fault], in_flight: list[tuple[float, float]],
+                   *, isolated: bool = False) -> dict[str, list[float]]:
     """Time to recovery of each fault, grouped by kind (faults that caught no message are left out).
 
     A message is in flight from its first POST attempt (`sent`) until its reply is attached or it
@@ -250,7 +251,11 @@ def recovery_times(faults: list[Fault], in_flight: list[tuple[float, float]]) ->
     message is charged to the FIRST fault that happened while it was in flight (a message that
     waits through several faults is the first one's doing: the later ones found it already
     stranded). A fault's time to recovery is then the time from the fault until the last of its
-    messages is done: how long the work it caught took to come out the other side."""
+    messages is done: how long the work it caught took to come out the other side.
+
+    With `isolated`, only the faults that recovered before the next fault (of any kind) happened:
+    a later fault can strand a message the earlier one had only delayed (a Redis restart loses
+    the retry of a killed horse's job), and then the earlier one's figure is the later one's."""
     ordered = sorted(faults, key=lambda f: f.at)
     times = [f.at for f in ordered]
     worst: dict[int, float] = {}
@@ -260,6 +265,8 @@ def recovery_times(faults: list[Fault], in_flight: list[tuple[float, float]]) ->
             worst[index] = max(worst.get(index, 0.0), done - ordered[index].at)
     grouped: dict[str, list[float]] = defaultdict(list)
     for index, seconds in worst.items():
+        if isolated and index + 1 < len(ordered) and ordered[index].at + seconds > ordered[index + 1].at:
+            continue
         grouped[ordered[index].kind].append(seconds)
     return dict(grouped)
 

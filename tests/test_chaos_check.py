@@ -172,3 +172,36 @@ def test_each_message_is_charged_to_the_first_fault_it_was_in_flight_at(sent, do
 def test_a_fault_recovers_when_the_last_of_its_messages_is_done():
     times = recovery_times([Fault("a", 10.0)], [(9.0, 10.2), (9.5, 13.0), (9.9, 11.0)])
     assert times == {"a": [3.0]}
+
+
+def test_the_recovery_bound_is_derived_from_the_procfile_and_the_settings():
+    from app.config import Settings
+    from scripts.chaos import procfile_worker_flags, recovery_bound
+
+    flags = procfile_worker_flags()
+    assert flags == {"job-monitoring-interval": 10, "maintenance-interval": 30, "worker-ttl": 45}
+    bound, how = recovery_bound(Settings.from_env({}), flags)
+    # max(whole worker 10 + 60 + 30 + 30, sweep 60 + 60 + 30) + retries 1 + 5 + 15 + 1 + margin 30
+    assert bound == 150 + 22 + 30
+    assert "monitoring 10" in how and "sweep 150 s" in how
+
+
+def test_the_summary_line():
+    from collections import Counter
+
+    from scripts.chaos import RunResult, summary_line
+    from scripts.chaoscheck import Verdict
+
+    verdict = Verdict(accepted=5431, stored_once=5431, answered=5402, failed=29,
+                      failure_reasons=Counter(worker_died=29))
+    line = summary_line(RunResult(verdict, Counter({"rq-worker": 800, "scheduler": 12}), minutes=10))
+    assert line == ("chaos: 10.0 min, 812 faults, 5,431 accepted, 5,431 stored once, 5,402 answered, "
+                    "29 failed (worker_died 29), 0 violations")
+
+
+def test_isolated_recoveries_are_those_done_before_the_next_fault():
+    faults = [Fault("a", 1.0), Fault("b", 5.0), Fault("c", 20.0)]
+    in_flight = [(0.5, 7.0), (4.9, 5.2), (6.0, 6.5), (19.0, 30.0)]
+    assert recovery_times(faults, in_flight) == {"a": [6.0], "b": [pytest.approx(0.2)], "c": [10.0]}
+    # a's message was done after b happened: not isolated; c is the last fault: nothing follows it
+    assert recovery_times(faults, in_flight, isolated=True) == {"b": [pytest.approx(0.2)], "c": [10.0]}
