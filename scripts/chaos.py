@@ -65,10 +65,13 @@ CLIENT_GRACE_S = 60.0
 """After the run's end, a client keeps retrying the messages it was sending for at most this."""
 
 ROUND_S = 2.0
-"""Clients start a round (a racing first message, follow-ups) at every multiple of this."""
+"""Clients start a round (a racing first message, follow-ups) at every multiple of this, or of
+four times the think time if that is longer (room for a few follow-ups)."""
 
-THINK_S = (0.3, 0.9)
-"""A client waits this long (uniformly drawn) between two posts."""
+THINK_S = 0.6
+"""A client waits about this long between two posts (drawn from half to one and a half times it);
+`--think` sets it. The load must stay well below what the workers can answer, or every figure
+measures the backlog instead of the faults."""
 
 WEB_STOP_EXTRA_S = 1.0
 """A stopped web process stays stopped this long past the lock TTL (its lock has expired)."""
@@ -463,7 +466,7 @@ class Poster:
 
 
 def client_main(index: int, port: int, tokens: list[str], run_tag: str, started_at: float, stop_at: float,
-                seed: int, out: str) -> None:
+                seed: int, out: str, think_s: float = THINK_S) -> None:
     """One client process: rounds until `stop_at` (epoch), each round at its slot's instant."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops clients (Ctrl-C reaches it too)
     _die_with_parent()  # ...and if it is killed outright, they go with it
@@ -471,12 +474,13 @@ def client_main(index: int, port: int, tokens: list[str], run_tag: str, started_
     with open(out, "a", buffering=1) as log:
         poster = Poster(port, lambda line: log.write(json.dumps(line) + "\n"), rng)
         give_up_at = stop_at + CLIENT_GRACE_S
+        round_s = max(ROUND_S, 4 * think_s)
         round_number = 0
         while True:
             # The next slot that has not begun: a client that fell behind (retrying through a fault)
             # joins the next race instead of running late and alone.
-            round_number = max(round_number, int((time.time() - started_at) // ROUND_S) + 1)
-            slot = started_at + round_number * ROUND_S
+            round_number = max(round_number, int((time.time() - started_at) // round_s) + 1)
+            slot = started_at + round_number * round_s
             if slot >= stop_at:
                 break
             time.sleep(max(0.0, slot - time.time()))
@@ -492,7 +496,7 @@ def client_main(index: int, port: int, tokens: list[str], run_tag: str, started_
             # Then follow-ups, in the shared session and in one of its own, until the next race:
             # a steady load, so that every fault finds messages in flight.
             step = 0
-            while time.time() < min(slot + ROUND_S - THINK_S[1], stop_at):
+            while time.time() < min(slot + round_s - 1.5 * think_s, stop_at):
                 session_id = shared if step % 2 == 0 else own
                 cmid = f"c{index}-{'follow' if session_id == shared else 'own'}-{step}"
                 content = f"{cmid} round {round_number}"
@@ -501,7 +505,7 @@ def client_main(index: int, port: int, tokens: list[str], run_tag: str, started_
                 if rng.random() < 0.1:  # a deliberate late retry of an accepted message
                     poster.post(token, *rng.choice(accepted), give_up_at)
                 step += 1
-                time.sleep(rng.uniform(*THINK_S))
+                time.sleep(rng.uniform(0.5 * think_s, 1.5 * think_s))
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -516,6 +520,7 @@ class RunResult:
     minutes: float = 0.0
     recovery_wait_s: float = 0.0
     recovery_bound_s: float = 0.0
+    reply_latencies: list[float] = field(default_factory=list)  # accepted -> answered or failed, sorted
 
 
 def procfile_worker_flags() -> dict[str, float]:
@@ -574,7 +579,7 @@ def read_state(services) -> chaoscheck.Stored:
         session_id = keys.session_id_from_key(key)
         if session_id is None or key != keys.session_key(session_id):
             continue
-        conversation_id = services.redis.hget(key, "conversation_id")
+        conversation_id = services.sessions.tracked_conversation_id(session_id)
         if conversation_id:
             tracked[session_id] = conversation_id
     return chaoscheck.Stored(conversations, messages, tracked)
@@ -615,7 +620,8 @@ class FailureWatch(threading.Thread):
 
 
 def run_chaos(*, seconds: float, seed: int, clients: int, fault_every: float, database_url: str | None,
-              out: Path, kinds: list[str], web_processes: int, echo=click.echo) -> RunResult:
+              out: Path, kinds: list[str], web_processes: int, think_s: float = THINK_S,
+              echo=click.echo) -> RunResult:
     from app.auth import create_api_user
     from app.config import Settings
     from app.wiring import Wiring
@@ -650,7 +656,7 @@ def run_chaos(*, seconds: float, seed: int, clients: int, fault_every: float, da
         for index in range(clients):
             child = context.Process(target=client_main, name=f"chaos-client-{index}",
                                     args=(index, stack.port, tokens, run_tag, started_at, stop_at, seed,
-                                          str(out / f"client-{index}.jsonl")))
+                                          str(out / f"client-{index}.jsonl"), think_s))
             child.start()
             children.append(child)
         echo(f"chaos: stack up (web :{stack.port}, Redis :{stack.redis.port}, "
@@ -725,15 +731,17 @@ def judge(attempts: list[chaoscheck.Attempt], faults: list[chaoscheck.Fault], st
     conversations = {c.id: c.session_id for c in stored.conversations}
     by_key = {(conversations.get(m.conversation_id), m.client_message_id): m.id
               for m in stored.messages if m.role == "user" and m.client_message_id}
-    in_flight = []
+    in_flight, latencies = [], []
     for message in chaoscheck.accepted_messages(attempts):
         message_id = by_key.get((message.session_id, message.client_message_id))
         done_at = replies.get(message_id) or failed_seen.get(message_id)
         if done_at is not None:
             in_flight.append((message.first_sent_at, done_at))
+            latencies.append(max(0.0, done_at - message.accepted_at))
     made = Counter(f.kind for f in faults)
     return RunResult(verdict, made, chaoscheck.recovery_times(faults, in_flight),
-                     chaoscheck.recovery_times(faults, in_flight, isolated=True), minutes)
+                     chaoscheck.recovery_times(faults, in_flight, isolated=True), minutes,
+                     reply_latencies=sorted(latencies))
 
 
 def write_state(path: Path, stored: chaoscheck.Stored, failed_seen: dict[int, float]) -> None:
@@ -814,6 +822,12 @@ def report(result: RunResult, out: Path, run_seconds: float, seed: int | None) -
     if result.recovery_bound_s:
         click.echo(f"chaos: every message settled {result.recovery_wait_s:.0f} s after the clients stopped "
                    f"(bound {result.recovery_bound_s:.0f} s after the last fault)")
+    if result.reply_latencies:
+        # Under a backlog every reply waits its turn, and every fault's recovery with it: read the
+        # figures below against these (a run that overloads its workers measures the overload).
+        lat = result.reply_latencies
+        click.echo(f"reply latency (accepted -> answered or failed): p50 {lat[len(lat) // 2]:.2f} s, "
+                   f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.2f} s, max {lat[-1]:.2f} s")
     click.echo("time to recovery (from the fault to the last reply of the messages in flight at it), seconds;")
     click.echo("isolated: the faults that recovered before the next fault happened:")
     click.echo(f"  {'fault':<18} {'made':>5} {'caught':>7} {'p50':>8} {'max':>8} {'isolated':>9} {'p50':>8} {'max':>8}")
@@ -861,10 +875,12 @@ def report(result: RunResult, out: Path, run_seconds: float, seed: int | None) -
 @click.option("--faults", "fault_kinds", default=",".join(FAULTS), show_default=True,
               help="comma-separated kinds of fault to draw from")
 @click.option("--web-processes", default=4, show_default=True, help="gunicorn worker processes")
+@click.option("--think", "think_s", default=THINK_S, show_default=True,
+              help="seconds a client waits between two posts, on average")
 @click.option("--recheck", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="start nothing: judge a finished run again from its directory")
 def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault_kinds, web_processes,
-          recheck) -> None:
+          think_s, recheck) -> None:
     """Run the Procfile's processes under supervisord with racing clients and random faults, then
     check the whole history; exit status 1 on any violation."""
     if recheck is not None:
@@ -874,8 +890,8 @@ def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault
     if minutes is not None and seconds is not None:
         raise click.UsageError("give --minutes or --seconds, not both")
     run_seconds = seconds if seconds is not None else (minutes if minutes is not None else 10.0) * 60
-    if run_seconds <= 0 or clients < 1 or fault_every <= 0:
-        raise click.UsageError("--minutes/--seconds, --clients and --fault-every must be positive")
+    if run_seconds <= 0 or clients < 1 or fault_every <= 0 or think_s <= 0:
+        raise click.UsageError("--minutes/--seconds, --clients, --fault-every and --think must be positive")
     kinds = [k.strip() for k in fault_kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in FAULTS]
     if unknown or not kinds:
@@ -885,6 +901,7 @@ def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault
     out.mkdir(parents=True, exist_ok=True)
     click.echo(f"chaos: seed {seed}, {run_seconds:.0f} s, logs in {out}")
     result = run_chaos(seconds=run_seconds, seed=seed, clients=clients, fault_every=fault_every,
-                       database_url=database_url, out=out, kinds=kinds, web_processes=web_processes)
+                       database_url=database_url, out=out, kinds=kinds, web_processes=web_processes,
+                       think_s=think_s)
     report(result, out, run_seconds, seed)
     sys.exit(1 if result.verdict.violations else 0)
