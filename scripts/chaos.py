@@ -885,7 +885,9 @@ def chaos(minutes, seconds, seed, clients, fault_every, database_url, out, fault
     check the whole history; exit status 1 on any violation."""
     if recheck is not None:
         result = read_run(recheck)
-        report(result, recheck, result.minutes * 60, None)
+        summary = recheck / "summary.json"
+        seed = json.loads(summary.read_text()).get("seed") if summary.exists() else None
+        report(result, recheck, result.minutes * 60, seed)
         sys.exit(1 if result.verdict.violations else 0)
     if minutes is not None and seconds is not None:
         raise click.UsageError("give --minutes or --seconds, not both")

@@ -205,3 +205,25 @@ def test_isolated_recoveries_are_those_done_before_the_next_fault():
     assert recovery_times(faults, in_flight) == {"a": [6.0], "b": [pytest.approx(0.2)], "c": [10.0]}
     # a's message was done after b happened: not isolated; c is the last fault: nothing follows it
     assert recovery_times(faults, in_flight, isolated=True) == {"b": [pytest.approx(0.2)], "c": [10.0]}
+
+
+def test_a_run_directory_is_judged_again_the_same(tmp_path):
+    """`arzani chaos --recheck DIR`: the records and the saved final state give the same verdict."""
+    import json
+    from dataclasses import asdict
+
+    from scripts.chaos import read_run, write_state
+
+    attempts, stored = clean()
+    with open(tmp_path / "client-0.jsonl", "w") as f:
+        for attempt in attempts:
+            f.write(json.dumps(asdict(attempt)) + "\n")
+    (tmp_path / "faults.jsonl").write_text(json.dumps({"kind": "redis-restart", "at": 1.05, "done": "x"}) + "\n"
+                                           + json.dumps({"kind": "work-horse", "at": 9.0, "done": None}) + "\n")
+    stored.messages.remove(stored.messages[3])  # message 3 loses its reply...
+    stored.messages[2] = replace(stored.messages[2], status="pending")  # ...and waits
+    write_state(tmp_path / "state.jsonl", stored, {5: 3.9})
+    result = read_run(tmp_path)
+    assert [v.kind for v in result.verdict.violations] == ["unanswered"]
+    assert result.faults == {"redis-restart": 1}  # the one that hit nothing is not counted
+    assert result.recovery == {"redis-restart": [pytest.approx(0.45)]}  # message 1, answered at 1.5
