@@ -202,6 +202,7 @@ def users_revoke(ctx: Context, name_or_id: str) -> None:
 
 # Commands that live in their own modules (imported last: they use nothing above).
 from scripts.bench import bench  # noqa: E402
+from scripts.chaos import chaos  # noqa: E402
 from scripts.devstack import run, stack_env  # noqa: E402
 from scripts.race import race  # noqa: E402
 
@@ -209,6 +210,7 @@ cli.add_command(run)
 cli.add_command(stack_env)
 cli.add_command(race)
 cli.add_command(bench)
+cli.add_command(chaos)
 
 
 if __name__ == "__main__":  # `python -m scripts.cli` (what `make run` uses: this checkout's code)

@@ -86,7 +86,8 @@ def _check_redis(url: str) -> None:
         raise click.ClickException(f"Redis at REDIS_URL={masked_url(url)} does not answer: {exc}") from None
 
 
-def _migrate(env: dict) -> None:
+def migrate(env: dict) -> None:
+    """The Procfile's release: step (`arzani db upgrade`) in this process; a failure is one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.config import Settings, masked_url
@@ -134,6 +135,28 @@ def dev_secret_key(instance: Path) -> str:
     return key
 
 
+def procfile_environment(env: dict) -> str | None:
+    """Make `env` (in place) the environment the Procfile's processes need under `arzani run` and
+    `arzani chaos`: unbuffered output, the venv's bin on PATH (the Procfile names gunicorn, rq and
+    arzani), this checkout's code on PYTHONPATH, and a metrics directory. Returns the metrics
+    directory it made (the caller removes it), or None if PROMETHEUS_MULTIPROC_DIR was set."""
+    env["PYTHONUNBUFFERED"] = "1"
+    # Every process writes its metrics here and GET /metrics adds them up (app/metrics.py).
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="arzani-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # ...and they run this checkout's code, whether the package is installed editable or not.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_project_root()), env.get("PYTHONPATH")]))
+    return metrics_dir
+
+
+def procfile_processes() -> dict[str, str]:
+    """The Procfile's lines, name -> command."""
+    return parse_procfile((_project_root() / "Procfile").read_text()).processes
+
+
 @click.command("run")
 @click.option("--web-processes", default=4, show_default=True, help="gunicorn worker processes")
 @click.option("--workers", "worker_count", default=2, show_default=True, help="rq worker processes")
@@ -164,17 +187,7 @@ def run(web_processes: int, worker_count: int) -> None:
         raise click.ClickException(exc.message) from None
     if env.get("REDIS_URL"):
         _check_redis(env["REDIS_URL"])
-    env["PYTHONUNBUFFERED"] = "1"
-    # Every process writes its metrics here and GET /metrics adds them up (app/metrics.py).
-    metrics_dir = None
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="arzani-metrics-")
-        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    # The Procfile names gunicorn, rq and arzani: find them beside this interpreter (the venv's bin).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # ...and they run this checkout's code, whether the package is installed editable or not.
-    root = _project_root()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    metrics_dir = procfile_environment(env)
 
     embedded = None
     if not env.get("REDIS_URL"):
@@ -186,10 +199,9 @@ def run(web_processes: int, worker_count: int) -> None:
     stack_env = instance / Path(STACK_ENV_PATH).name  # the URLs operator commands started here use
     supervisor_dir = Path(tempfile.mkdtemp(prefix="arzani-run-"))  # 0700: its config and control socket
     try:
-        _migrate(env)  # the Procfile's release: step; an unreachable database is one line
+        migrate(env)  # the Procfile's release: step; an unreachable database is one line
         _write_stack_env(stack_env, env)
-        procfile = parse_procfile((root / "Procfile").read_text())
-        config = _supervisor_config(procfile.processes, worker_count, supervisor_dir)
+        config = supervisor_config(procfile_processes(), worker_count, supervisor_dir)
 
         click.echo(f"Arzani-X chat page: http://{env['BIND_HOST']}:{env['PORT']}/")
         click.echo(f"Redis: {masked_url(env['REDIS_URL'])}   (eval \"$(arzani env)\" exports it with its password; "
@@ -212,14 +224,16 @@ def run(web_processes: int, worker_count: int) -> None:
     sys.exit(returncode)
 
 
-def _supervisor_config(processes: dict[str, str], worker_count: int, directory: Path) -> Path:
+def supervisor_config(processes: dict[str, str], worker_count: int, directory: Path,
+                      output: str = "/dev/stdout") -> Path:
     """supervisord's configuration for the Procfile's processes (not `release`, which `run` did):
     each one started again when it dies, with supervisord's growing delay between quick deaths
-    and one log line for each death and start; output and those lines on this terminal."""
+    and one log line for each death and start; output and those lines on this terminal (or in
+    the file `output`: `arzani chaos` keeps them in its log directory)."""
     sections = [
         "[supervisord]",
         "nodaemon=true",  # in the foreground, its own lines on this terminal (no log file)
-        "logfile=/dev/null",
+        f"logfile={'/dev/null' if output == '/dev/stdout' else output}",
         "logfile_maxbytes=0",
         "loglevel=info",
         f"pidfile={directory / 'supervisord.pid'}",
@@ -245,7 +259,7 @@ def _supervisor_config(processes: dict[str, str], worker_count: int, directory: 
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
-            "stdout_logfile=/dev/stdout",
+            f"stdout_logfile={output}",
             "stdout_logfile_maxbytes=0",
         ]
     path = directory / "supervisord.conf"
@@ -300,13 +314,19 @@ def _quote_for_supervisor(command: str) -> str:
     return shlex.quote(command).replace("%", "%%")
 
 
+def start_supervisord(config: Path, env: dict, **popen):
+    """supervisord in the foreground of a child process (`-n`), running `config`."""
+    import subprocess
+
+    return subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(config)],
+                            env=env, **popen)
+
+
 def _supervise(config: Path, env: dict) -> int:
     """Run supervisord in the foreground until Ctrl-C or SIGTERM; 0 for such a stop."""
     import signal
-    import subprocess
 
-    supervisord = subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(config)],
-                                   env=env)
+    supervisord = start_supervisord(config, env)
 
     def forward(signum, _frame):
         if supervisord.poll() is None:
