@@ -208,10 +208,14 @@ WORKER_FLAGS = ("--with-scheduler", "--job-monitoring-interval", "2", "--mainten
                 str(MAINTENANCE_INTERVAL_S), "--worker-ttl", "20")
 """The Procfile's worker flags, with shorter intervals."""
 
-RQ_INTERMEDIATE_STUCK_S = 60
-"""RQ (3.0, rq/intermediate_queue.py) gives a job back from a queue's intermediate list when a
-maintenance pass finds it there more than a minute after a first pass saw it. That is the fate of
-a job whose worker took it (BLMOVE) just before the kill, then quit on its next heartbeat."""
+RQ_RECOVERY_S = 60 + 60 + 2
+"""RQ's (3.0) own recovery of a job whose worker quit holding it, two one-minute timers that can
+follow each other: a job in the started registry is given up when its entry expires
+(--job-monitoring-interval + 60 s after its last heartbeat), and a job in a queue's intermediate
+list (taken with BLMOVE just before the kill, its worker quitting on its next heartbeat) is given
+back when a maintenance pass finds it there more than a minute after a first pass saw it
+(rq/intermediate_queue.py). The retry then waits for a scheduler, whose lock a dead one may hold
+for its TTL meanwhile."""
 
 
 class Supervisor:
@@ -384,16 +388,22 @@ def _where_their_jobs_are(deployment: SentinelDeployment, messages: list[Message
     from app.jobqueue import reply_job_id
 
     queue = f"rq:queue:{defaults.QUEUE}"
-    with deployment.node(deployment.replica_port) as master:
+    with deployment.node(deployment.replica_port) as master, redis.Redis(
+            port=deployment.replica_port, password=deployment.password, socket_timeout=2) as raw:
         queued, intermediate = master.lrange(queue, 0, -1), master.lrange(f"{queue}:intermediate", 0, -1)
         started = master.zrange(f"rq:wip:{defaults.QUEUE}", 0, -1)  # execution ids, JOB_ID:EXECUTION
         lines = []
         for message in messages:
             job_id = reply_job_id(defaults.QUEUE, message)
+            job = {k.decode(): v.decode(errors="replace") for k, v in raw.hgetall(f"rq:job:{job_id}").items()}
             lines.append(f"message {message.id} ({message.status}, {message.attempts} attempts): job "
-                         f"{master.hget(f'rq:job:{job_id}', 'status')}, queued {job_id in queued}, "
+                         f"{job.get('status')}, queued {job_id in queued}, "
                          f"intermediate {job_id in intermediate}, started "
-                         f"{any(entry.startswith(job_id) for entry in started)}")
+                         f"{any(entry.startswith(job_id) for entry in started)}, "
+                         f"{ {k: v for k, v in job.items() if k not in ('data', 'description', 'exc_info')} }, "
+                         f"first seen {master.get(f'{queue}:intermediate:first_seen:{job_id}')}")
+        lines.append(f"locks: { {k: master.pttl(k) for k in master.keys('rq:*lock*')} } "
+                     f"cleaning {master.pttl('rq:clean_registries:' + defaults.QUEUE)}")
     return lines
 
 
@@ -451,13 +461,13 @@ def test_a_failover_in_a_race_of_first_messages_loses_and_splits_nothing(primary
     record_property(f"sentinel_{primary}_longest_post_wait_s", f"{max(race.waits):.2f}")
 
     # Every accepted message is answered: the worker follows the master, the sweeper enqueues
-    # again the replies whose jobs were on the old primary only, and RQ gives back a job left in
-    # the intermediate list by a worker that quit. The bound: RQ's minute for that (with the two
-    # maintenance passes around it), then RQ's whole retry schedule, plus room for the work itself;
-    # the sweeper's delay and interval are shorter than the first and run at the same time.
+    # again the replies whose jobs were on the old primary only, and RQ recovers the jobs of the
+    # workers that quit. The bound: RQ's recovery (with a maintenance pass around each timer), then
+    # RQ's whole retry schedule, plus room for the work itself; the sweeper's delay and interval
+    # are shorter and run meanwhile. Usually it takes a few seconds, or about a minute.
     db = Database(database_url)
     try:
-        bound = RQ_INTERMEDIATE_STUCK_S + 2 * MAINTENANCE_INTERVAL_S + sum(defaults.RETRY_INTERVALS_S) + 15
+        bound = RQ_RECOVERY_S + 3 * MAINTENANCE_INTERVAL_S + sum(defaults.RETRY_INTERVALS_S) + 15
         answering_started = time.monotonic()
         try:
             wait_for(lambda: not _unanswered(db), bound, "every accepted message to be answered", interval=0.2)
