@@ -214,3 +214,15 @@ def test_rq_settings_give_the_rq_cli_the_sentinels_or_the_url(monkeypatch):
     assert "SENTINEL" not in settings and client.connection_pool.connection_kwargs["host"] == "plain.internal"
     settings, client = rq_connection({"REDIS_URL": "redis://sessions:1/0", "ARZANI_QUEUE_REDIS_URL": "redis://q:2/0"})
     assert client.connection_pool.connection_kwargs["host"] == "q"  # RQ's own Redis, as the app enqueues to it
+
+
+def test_the_readmes_configuration_table_names_every_variable_the_settings_read():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    read = set(re.findall(r'"((?:ARZANI_|OPENAI_)[A-Z_]+|REDIS_URL|DATABASE_URL)"',
+                          (root / "app" / "config.py").read_text()))
+    table = (root / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    assert {"ARZANI_REDIS_SENTINELS", "ARZANI_REDIS_SENTINEL_MASTER", "ARZANI_REDIS_SENTINEL_PASSWORD"} <= read
+    assert sorted(name for name in read if f"`{name}`" not in table) == []
