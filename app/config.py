@@ -135,6 +135,53 @@ def _redis_url(name: str, raw: str | None) -> str | None:
     return raw
 
 
+_SENTINELS_FORM = "HOST:PORT[,HOST:PORT...] (e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)"
+
+
+def _sentinels(raw: str | None) -> tuple[tuple[str, int], ...]:
+    """ARZANI_REDIS_SENTINELS as (host, port) pairs; () when unset. `[::1]:26379` for IPv6."""
+    if not raw or not raw.strip():
+        return ()
+    pairs = []
+    for entry in raw.split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536) or \
+                any(c.isspace() or c in "/@[]" for c in host):
+            raise ConfigurationError(f"ARZANI_REDIS_SENTINELS must be {_SENTINELS_FORM}, got {entry.strip()!r}")
+        pairs.append((host, int(port)))
+    return tuple(pairs)
+
+
+def _sentinel_master(raw: str | None) -> str:
+    if not raw:
+        return defaults.REDIS_SENTINEL_MASTER
+    if any(c.isspace() for c in raw):
+        raise ConfigurationError(f"ARZANI_REDIS_SENTINEL_MASTER must be a name without spaces, got {raw!r}")
+    return raw
+
+
+def _sentinel_settings(environ: Mapping[str, str], redis_url: str | None, redis_cluster: bool) -> dict:
+    """The Sentinel variables, checked against each other and against REDIS_URL, which with
+    sentinels gives only the master's credentials, db and TLS (its host and port are not used)."""
+    sentinels = _sentinels(environ.get("ARZANI_REDIS_SENTINELS"))
+    master = environ.get("ARZANI_REDIS_SENTINEL_MASTER") or None
+    password = environ.get("ARZANI_REDIS_SENTINEL_PASSWORD") or None
+    if not sentinels:
+        for name, value in (("ARZANI_REDIS_SENTINEL_MASTER", master), ("ARZANI_REDIS_SENTINEL_PASSWORD", password)):
+            if value is not None:
+                raise ConfigurationError(f"{name} is set but ARZANI_REDIS_SENTINELS is not (list the sentinels)")
+        return {}
+    if redis_cluster:
+        raise ConfigurationError("ARZANI_REDIS_SENTINELS and ARZANI_REDIS_CLUSTER=1 cannot be combined: "
+                                 "a cluster fails over by itself, set only one")
+    if redis_url and redis_url.partition("://")[0] == "unix":
+        raise ConfigurationError("with ARZANI_REDIS_SENTINELS, REDIS_URL must be redis:// or rediss:// "
+                                 "(it gives the master's password and db; the sentinels give its address)")
+    return {"redis_sentinels": sentinels, "redis_sentinel_master": _sentinel_master(master),
+            "redis_sentinel_password": password}
+
+
 def _rate_limit(raw: str) -> str | None:
     if raw.strip().lower() in ("", "0", "off", "none"):
         return None
@@ -152,6 +199,11 @@ class Settings:
     redis_url: str | None
     redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster (sessions and locks)
     queue_redis_url: str | None = None  # RQ's Redis if not REDIS_URL (RQ does not run on a cluster)
+    # Sentinels to ask for the master's address (sessions, locks and RQ); with them, REDIS_URL
+    # only gives the master's username, password, db and TLS.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = defaults.REDIS_SENTINEL_MASTER
+    redis_sentinel_password: str | None = field(default=None, repr=False)
     database_url: str = defaults.DATABASE_URL
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     env: str = defaults.ENV
@@ -189,11 +241,16 @@ class Settings:
     def production(self) -> bool:
         return self.env == "production"
 
+    @property
+    def redis_configured(self) -> bool:
+        """Whether the settings say where Redis is (a URL, or sentinels to ask)."""
+        return bool(self.redis_url or self.redis_sentinels)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         if environ is None:
             environ = os.environ
-            if not environ.get("REDIS_URL"):
+            if not environ.get("REDIS_URL") and not environ.get("ARZANI_REDIS_SENTINELS"):
                 # Not set: the dev stack's, when `make run` runs in this directory.
                 stack = dev_stack_env()
                 if stack:
@@ -208,11 +265,13 @@ class Settings:
         agent = _choice(environ, "ARZANI_AGENT", defaults.AGENT, defaults.AGENT_NAMES)
         extra = {"secret_key": secret_key} if secret_key else {}
         redis_cluster = (environ.get("ARZANI_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes")
+        redis_url = _redis_url("REDIS_URL", environ.get("REDIS_URL"))
+        extra.update(_sentinel_settings(environ, redis_url, redis_cluster))
         queue_redis_url = _redis_url("ARZANI_QUEUE_REDIS_URL", environ.get("ARZANI_QUEUE_REDIS_URL"))
         if redis_cluster and not queue_redis_url:
             raise ConfigurationError("ARZANI_REDIS_CLUSTER=1 needs ARZANI_QUEUE_REDIS_URL: RQ cannot use a cluster")
         return cls(
-            redis_url=_redis_url("REDIS_URL", environ.get("REDIS_URL")),
+            redis_url=redis_url,
             redis_cluster=redis_cluster,
             queue_redis_url=queue_redis_url,
             database_url=_database_url(environ.get("DATABASE_URL")),

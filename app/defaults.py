@@ -130,5 +130,9 @@ CLEANUP_AFTER_S = 86_400
 """ARZANI_CLEANUP_AFTER: orphans (a conversation with no message, a key with no row) older than
 this are removed."""
 
+REDIS_SENTINEL_MASTER = "mymaster"
+"""ARZANI_REDIS_SENTINEL_MASTER: the name the sentinels monitor the master under (`sentinel
+monitor NAME ...`); `mymaster` is the name in Redis's sample sentinel.conf, RQ's and most charts'."""
+
 REDIS_SOCKET_TIMEOUT_S = 5.0
 """A Redis command that takes longer than this is treated as Redis being unavailable."""

@@ -12,7 +12,7 @@ import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.storage import RedisStorage
+from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from app.errors import ArzaniError
@@ -30,9 +30,11 @@ class RateLimited(ArzaniError):
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str, limit: str):
+    def __init__(self, redis_url: str, limit: str, **storage_options):
+        """`redis_url` in the `limits` library's forms: redis://, rediss://, redis+cluster://,
+        redis+sentinel://HOST:PORT,HOST:PORT/MASTER (then `storage_options` carry the rest)."""
         self.item: RateLimitItem = parse(limit)
-        self.storage = RedisStorage(redis_url, key_prefix="arzani:ratelimit")
+        self.storage = storage_from_string(redis_url, key_prefix="arzani:ratelimit", **storage_options)
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
 
     def hit(self, user_id: int) -> None:

@@ -5,6 +5,10 @@ handed to the code that needs it. The web app keeps one (`get_wiring()` inside a
 flaskr's `get_db()`); each RQ worker process keeps one too (workers/jobs.py), and so does each
 `arzani` command. `process_kind` (web, worker, cli) says which process it wires. redis-py pools
 notice a fork by themselves; the SQLAlchemy engine is disposed in forked children by app/db.py.
+
+Redis is one of three shapes: a URL (REDIS_URL), a Redis Cluster (ARZANI_REDIS_CLUSTER=1, the queue
+elsewhere), or a master found through Sentinel (ARZANI_REDIS_SENTINELS): every new connection asks
+the sentinels where the master is, so after a failover the clients follow it by themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from functools import cached_property
 
 from flask import Flask, current_app
 from redis import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.connection import SSLConnection, parse_url
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from app import defaults, events, jobqueue
 from app.config import Settings
@@ -32,6 +40,38 @@ def get_wiring() -> Wiring:
 
 def init_app(app: Flask, wiring: Wiring) -> None:
     app.extensions[_EXTENSION] = wiring
+
+
+class SentinelBlockingConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's SentinelConnectionPool (a connection asks the sentinels for the master's address
+    when it connects, and one still open to a demoted master is dropped on release), bounded like
+    our other pools: redis-py (7.4) has no blocking variant, and its plain pool opens a connection
+    for every concurrent command. The MRO runs Sentinel's __init__, reset and owns_connection
+    over BlockingConnectionPool's queue of connections."""
+
+
+def sentinel_master_kwargs(settings: Settings) -> dict:
+    """What REDIS_URL says about the master when sentinels give its address: username, password,
+    db, TLS (`rediss://` and its `ssl_*` query options). Its host and port are not used."""
+    if not settings.redis_url:
+        return {}
+    kwargs = parse_url(settings.redis_url)
+    for name in ("host", "port", "path"):
+        kwargs.pop(name, None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def sentinel_kwargs(settings: Settings) -> dict:
+    """How to talk to the sentinels themselves (their own password, if they require one)."""
+    # No retries (redis-py's default for a client made without a pool is 3, with backoff): the
+    # master's address is asked of each sentinel in turn, and a dead one must be skipped at once.
+    kwargs = {"socket_timeout": REDIS_SOCKET_TIMEOUT_S, "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
+              "retry": Retry(NoBackoff(), 0)}
+    if settings.redis_sentinel_password:
+        kwargs["password"] = settings.redis_sentinel_password
+    return kwargs
 
 
 class Wiring:
@@ -55,13 +95,38 @@ class Wiring:
             return RedisCluster.from_url(self._redis_url(self.settings.redis_url), decode_responses=True,
                                          socket_timeout=REDIS_SOCKET_TIMEOUT_S,
                                          socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S)
+        if self.settings.redis_sentinels:
+            return self._sentinel_client(decode_responses=True)
         return self._redis_client(self.settings.redis_url, decode_responses=True)
 
     @cached_property
     def rq_redis(self) -> Redis:
         """Client for RQ, which stores pickled bytes and needs decode_responses=False."""
+        if self.settings.redis_sentinels and not self.settings.queue_redis_url:
+            return self._sentinel_client(decode_responses=False)
         return self._redis_client(self.settings.queue_redis_url or self.settings.redis_url,
                                   decode_responses=False)
+
+    @cached_property
+    def sentinel(self) -> Sentinel:
+        """The sentinels, asked for the master's address by every new master connection."""
+        return Sentinel(list(self.settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs(self.settings))
+
+    def _sentinel_client(self, *, decode_responses: bool) -> Redis:
+        # While no master is known (the minutes of a failover: the old one is down, the sentinels
+        # have not promoted a replica yet) a command fails with MasterNotFoundError, a
+        # ConnectionError: the web edge answers 503 and RQ's worker retries, as for any outage.
+        return self.sentinel.master_for(
+            self.settings.redis_sentinel_master,
+            connection_pool_class=SentinelBlockingConnectionPool,
+            max_connections=self.settings.redis_max_connections,
+            timeout=REDIS_SOCKET_TIMEOUT_S,
+            decode_responses=decode_responses,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+            **sentinel_master_kwargs(self.settings),
+        )
 
     @staticmethod
     def _redis_url(url: str | None) -> str:
@@ -100,6 +165,14 @@ class Wiring:
     def rate_limiter(self) -> RateLimiter | None:
         if not self.settings.rate_limit:
             return None
+        if self.settings.redis_sentinels:  # the `limits` library's sentinel storage, master only
+            hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                             for host, port in self.settings.redis_sentinels)
+            return RateLimiter(f"redis+sentinel://{hosts}/{self.settings.redis_sentinel_master}",
+                               self.settings.rate_limit, use_replicas=False,
+                               sentinel_kwargs=sentinel_kwargs(self.settings),
+                               socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+                               **sentinel_master_kwargs(self.settings))
         url = self.settings.redis_url
         if self.settings.redis_cluster:  # the `limits` library's name for a cluster
             url = url.replace("redis://", "redis+cluster://", 1)
@@ -124,6 +197,9 @@ class Wiring:
         for name in ("redis", "rq_redis"):
             client = self.__dict__.get(name)
             if client is not None:
+                client.close()
+        if "sentinel" in self.__dict__:
+            for client in self.sentinel.sentinels:
                 client.close()
         if "db" in self.__dict__:
             self.db.dispose()

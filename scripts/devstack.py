@@ -269,7 +269,7 @@ def supervisor_config(processes: dict[str, str], worker_count: int, directory: P
 
 def _exec_form(command: str) -> str:
     """The Procfile command with `exec` before the program, after any leading VAR=value
-    assignments (`RQ_REDIS_URL="$REDIS_URL" rq worker ...`): sh then becomes the program, so
+    assignments (`NAME="$VALUE" rq worker ...`): sh then becomes the program, so
     supervisord's signals reach it, and the assignments still go to it, never into an argv."""
     import shlex
 

@@ -101,6 +101,17 @@ class Stack:
                                   "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
                                   *extra, self.env["ARZANI_QUEUE"]])
 
+    def start_procfile_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
+        """`rq worker` as the Procfile starts it: no --url, its Redis (a URL or sentinels) read from
+        the environment by `-c workers.rq_settings`."""
+        return self._spawn(name, [str(BIN / "rq"), "worker", "-c", "workers.rq_settings",
+                                  "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
+                                  *extra, self.env["ARZANI_QUEUE"]])
+
+    def start_cron(self) -> subprocess.Popen:
+        """`arzani cron`, the Procfile's scheduler of the sweeper, reconcile and cleanup."""
+        return self._spawn("cron", [str(BIN / "arzani"), "cron"])
+
     def run_burst_worker(self, timeout: float = 120) -> None:
         """A stock `rq worker --burst`: runs what is queued, then exits."""
         process = self.start_worker(f"burst-{time.monotonic_ns()}", "--burst")

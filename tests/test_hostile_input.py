@@ -202,26 +202,27 @@ def test_the_procfile_passes_redis_urls_by_environment_not_argv():
 
     procfile = parse_procfile((Path(__file__).resolve().parents[1] / "Procfile").read_text()).processes
     for name in ("worker", "cron"):
-        assert "--url" not in procfile[name] and "REDIS_URL" not in procfile[name].split(" ", 1)[1].replace(
-            'RQ_REDIS_URL="$REDIS_URL"', "")
-    assert procfile["worker"].startswith('RQ_REDIS_URL="$REDIS_URL" rq worker ')  # RQ reads it from there
+        assert "--url" not in procfile[name] and "REDIS_URL" not in procfile[name]
+    # RQ reads its Redis (a URL, or sentinels) from workers/rq_settings.py, i.e. app/config.py
+    assert procfile["worker"].startswith("rq worker ") and " -c workers.rq_settings " in procfile["worker"]
     assert procfile["cron"] == "arzani cron"  # reads REDIS_URL through app/config.py
 
 
 @pytest.mark.slow
 def test_a_worker_given_its_redis_url_only_by_environment_answers(api, services, make_stack, settings):
-    """What the Procfile's worker line does: RQ_REDIS_URL in the environment, no --url in argv."""
+    """What the Procfile's worker line does: no --url in argv, REDIS_URL in the environment, read
+    by workers/rq_settings.py (and RQ_REDIS_URL, what `arzani env` exports, works too)."""
     import subprocess
 
     from tests.stack import BIN
 
     stack = make_stack(settings.database_url)
-    posted = api.send(new_session_id(), "from a worker with no --url").json
-    env = dict(stack.env, RQ_REDIS_URL=stack.env["REDIS_URL"])
-    subprocess.run([str(BIN / "rq"), "worker", "--burst", "-c", "workers.rq_settings", env["ARZANI_QUEUE"]],
-                   env=env, check=True, capture_output=True, timeout=120)
-    messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
-    assert [m["status"] for m in messages] == ["answered", "complete"]
+    for env in (stack.env, dict(stack.env, RQ_REDIS_URL=stack.env["REDIS_URL"])):
+        posted = api.send(new_session_id(), "from a worker with no --url").json
+        subprocess.run([str(BIN / "rq"), "worker", "--burst", "-c", "workers.rq_settings", env["ARZANI_QUEUE"]],
+                       env=env, check=True, capture_output=True, timeout=120)
+        messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
+        assert [m["status"] for m in messages] == ["answered", "complete"]
 
 
 def test_making_the_database_private_keeps_sqlites_locks(tmp_path):

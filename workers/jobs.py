@@ -37,13 +37,14 @@ def services() -> Wiring:
     global _services
     # Made again inside a job if it was made (by workers.rq_settings, in the worker's parent)
     # without a Redis URL: `rq worker --url URL` with no REDIS_URL exported uses the worker's Redis.
-    if _services is None or (_services.settings.redis_url is None and _current_worker_redis_url()):
+    # With sentinels configured the settings know where Redis is: never the worker's connection.
+    if _services is None or (not _services.settings.redis_configured and _current_worker_redis_url()):
         settings = Settings.from_env()
-        if settings.redis_url is None:
+        if not settings.redis_configured:
             settings = dataclasses.replace(settings, redis_url=_current_worker_redis_url())
         configure_logging(settings.log_level)
         _services = Wiring(settings, process_kind="worker")
-        if settings.redis_url:
+        if settings.redis_configured:
             _warn_if_not_preloaded(_services)
     return _services
 

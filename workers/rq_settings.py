@@ -2,7 +2,13 @@
 forks a work-horse per job. Importing the job modules here means every horse inherits them
 already loaded; without it each horse imports Flask, SQLAlchemy and the app afresh, about 0.7 s
 of a job that otherwise takes a few milliseconds (measured with `arzani race`). Nothing here
-connects to anything: connections are made lazily, in the horse (workers/jobs.py)."""
+connects to anything: connections are made lazily, in the horse (workers/jobs.py).
+
+It also tells RQ where its Redis is, from the service's own settings (app/config.py): `REDIS_URL`
+(ARZANI_QUEUE_REDIS_URL, else REDIS_URL), or, with ARZANI_REDIS_SENTINELS, the `SENTINEL` dict
+that RQ's CLI turns into `Sentinel(...).master_for(...)`, so a stock `rq worker -c
+workers.rq_settings` follows the master through a failover. A `--url` (or RQ_REDIS_URL) given
+to `rq worker` wins over both."""
 
 from __future__ import annotations
 
@@ -51,4 +57,28 @@ import workers.maintenance  # noqa: E402, F401
 # The wiring too (an engine and Redis clients, not yet connected): each horse inherits it instead
 # of building its own. app/db.py disposes the engine's pool in the child; redis-py pools notice
 # the fork by themselves.
-workers.jobs.services()
+_settings = workers.jobs.services().settings
+
+
+def _sentinel(settings) -> dict:
+    """RQ's SENTINEL setting (rq/cli/helpers.py get_redis_from_config) from ours."""
+    from app.wiring import REDIS_SOCKET_TIMEOUT_S, sentinel_kwargs, sentinel_master_kwargs
+
+    master = sentinel_master_kwargs(settings)
+    return {
+        "INSTANCES": list(settings.redis_sentinels),
+        "MASTER_NAME": settings.redis_sentinel_master,
+        "DB": master.pop("db", 0),
+        "USERNAME": master.pop("username", None),
+        "PASSWORD": master.pop("password", None),
+        "SSL": master.pop("ssl", False),
+        "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT_S,  # RQ raises it above its blocking dequeue's timeout
+        "CONNECTION_KWARGS": {"socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S, **master},
+        "SENTINEL_KWARGS": sentinel_kwargs(settings),
+    }
+
+
+if _settings.redis_sentinels and not _settings.queue_redis_url:
+    SENTINEL = _sentinel(_settings)
+else:
+    REDIS_URL = _settings.queue_redis_url or _settings.redis_url
