@@ -418,6 +418,11 @@ def test_a_failover_in_a_race_of_first_messages_loses_and_splits_nothing(primary
     promoted, so that for some seconds two servers each believe they are the master and hold
     locks of their own (a sentinel demotes the old one only after it has reported itself master for
     a while): the lock is held twice for real, and the fence and the unique index must cope."""
+    if primary == "frozen" and not database_url.startswith("sqlite"):
+        # The suite's time (it must stay under 10 minutes): the split brain is Redis's side, run on
+        # SQLite; PostgreSQL's unique index under racing holders is tested by the killed case
+        # here and by tests/test_session_race.py.
+        pytest.skip("the frozen primary runs on SQLite only")
     stack = sentinel_stack
     token = stack.create_user("sentinel")
     watched = new_session_id()
