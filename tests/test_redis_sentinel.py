@@ -411,18 +411,23 @@ def _arzani(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "arzani"), *args], env=stack.env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture
+def frozen_on_sqlite_only(primary, database_url):
+    """The suite's time (it must stay under 10 minutes): the split brain is Redis's side and runs on
+    SQLite; PostgreSQL's unique index under racing holders is tested by the killed case here and by
+    tests/test_session_race.py. Skipped before the servers start."""
+    if primary == "frozen" and not database_url.startswith("sqlite"):
+        pytest.skip("the frozen primary runs on SQLite only")
+
+
 @pytest.mark.parametrize("primary", ["killed", "frozen"])
-def test_a_failover_in_a_race_of_first_messages_loses_and_splits_nothing(primary, deployment, sentinel_stack,
-                                                                         database_url, record_property):
+def test_a_failover_in_a_race_of_first_messages_loses_and_splits_nothing(frozen_on_sqlite_only, primary, deployment,
+                                                                         sentinel_stack, database_url,
+                                                                         record_property):
     """`killed`: SIGKILL, as the issue asks. `frozen`: SIGSTOP, then SIGCONT once the replica is
     promoted, so that for some seconds two servers each believe they are the master and hold
     locks of their own (a sentinel demotes the old one only after it has reported itself master for
     a while): the lock is held twice for real, and the fence and the unique index must cope."""
-    if primary == "frozen" and not database_url.startswith("sqlite"):
-        # The suite's time (it must stay under 10 minutes): the split brain is Redis's side, run on
-        # SQLite; PostgreSQL's unique index under racing holders is tested by the killed case
-        # here and by tests/test_session_race.py.
-        pytest.skip("the frozen primary runs on SQLite only")
     stack = sentinel_stack
     token = stack.create_user("sentinel")
     watched = new_session_id()
