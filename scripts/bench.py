@@ -234,7 +234,7 @@ def _start_web(env: dict, app: str, workers: int = 4) -> tuple[subprocess.Popen,
     from scripts.localservers import free_port
 
     port = free_port()
-    web = subprocess.Popen([str(BIN / "gunicorn"), "--worker-class", "app.server.GeventWorker",
+    web = subprocess.Popen([str(BIN / "gunicorn"), "--worker-class", "scripts.gunicorn_worker.GeventWorker",
                             "--workers", str(workers),
                             "--worker-connections", "1000", "--graceful-timeout", "1", "--no-control-socket",
                             "--bind", f"127.0.0.1:{port}", app],

@@ -79,7 +79,7 @@ class Stack:
         """gunicorn as the Procfile runs it (the gevent worker class), `workers` processes."""
         self.port = free_port()
         # --graceful-timeout 1: an open event stream (the chat page) must not hold up the stop
-        self._spawn("web", [str(BIN / "gunicorn"), "--worker-class", "app.server.GeventWorker",
+        self._spawn("web", [str(BIN / "gunicorn"), "--worker-class", "scripts.gunicorn_worker.GeventWorker",
                             "--workers", str(workers),
                             "--worker-connections", "1000", "--graceful-timeout", "1", "--keep-alive", "5",
                             "--no-control-socket",

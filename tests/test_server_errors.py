@@ -1,6 +1,6 @@
 """gunicorn's own answers (issue 13, item 9): a request gunicorn's parser refuses before Flask
 sees it (request line or headers too large, a malformed header) answers our JSON error shape,
-never gunicorn's HTML page, under the Procfile's worker class (app/server.py)."""
+never gunicorn's HTML page, under the Procfile's worker class (scripts/gunicorn_worker.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.server import json_error_answer
+from scripts.gunicorn_worker import json_error_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +68,8 @@ def test_gunicorn_refusals_under_api_are_json(web, request_bytes, status, code):
     assert "<" not in error["message"]
     # the server still serves after it
     assert web.request("GET", "/healthz")[0] == 200
+    # the worker class imports nothing of the app before gevent patches (gevent warns if it does)
+    assert "MonkeyPatchWarning" not in web.log("web")
 
 
 def test_json_error_answer_keeps_status_and_escaped_message():
@@ -84,5 +86,5 @@ def test_procfile_and_test_stack_run_this_worker_class():
     from honcho.environ import parse_procfile
 
     web = parse_procfile((ROOT / "Procfile").read_text()).processes["web"]
-    assert "--worker-class app.server.GeventWorker " in web
-    assert '"--worker-class", "app.server.GeventWorker"' in (ROOT / "tests" / "stack.py").read_text()
+    assert "--worker-class scripts.gunicorn_worker.GeventWorker " in web
+    assert '"--worker-class", "scripts.gunicorn_worker.GeventWorker"' in (ROOT / "tests" / "stack.py").read_text()

@@ -7,13 +7,18 @@ Some requests never reach Flask: gunicorn's HTTP parser refuses a request line o
 `{"error": {"code", "message"}}` and never an HTML page under /api/ (CONTRACT.md, HTTP API).
 
 gunicorn has no server hook for these answers, so the Procfile's `web` (and tests/stack.py, and
-`make run`, which runs the Procfile) names this worker class: `--worker-class
-app.server.GeventWorker`. It keeps gunicorn's `handle_error` whole (its status mapping, its
-warning and access-log lines) and only changes what is written: the client socket is handed in
-behind `_JSONErrorSocket`, which turns gunicorn's HTML answer into our JSON with the same status
-line. Every answer gunicorn writes is JSON, whatever the path: a request line too long to read
-has no path we could look at (gunicorn refuses it before splitting it), and the chat page's own
-requests never hit these limits.
+`make run`, which runs the Procfile) names this worker class:
+`--worker-class scripts.gunicorn_worker.GeventWorker`. It keeps gunicorn's `handle_error` whole
+(its status mapping, its warning and access-log lines) and only changes what is written: the
+client socket is handed in behind `_JSONErrorSocket`, which turns gunicorn's HTML answer into our
+JSON with the same status line. Every answer gunicorn writes is JSON, whatever the path: a request
+line too long to read has no path we could look at (gunicorn refuses it before splitting it), and
+the chat page's own requests never hit these limits.
+
+Not in `app/`: gunicorn's arbiter imports the worker class before it forks, and importing anything
+of `app` there would import redis-py, ssl and the rest before gevent's monkey-patching (done in
+each worker, later): gevent warns, and modules that took names from ssl directly stay unpatched.
+This module imports gunicorn's gevent worker only.
 """
 
 from __future__ import annotations
