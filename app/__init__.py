@@ -54,6 +54,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, services: Wiring
     )
     if test_config:
         app.config.from_mapping(test_config)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # The client address (rate limits, logs) from X-Forwarded-For, as far as the proxies we
+        # run wrote it; never from a header a client alone could have written.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     wiring.init_app(app, services)
 
     from app import api, health, openapi, web

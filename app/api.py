@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from app import conversations, events, keys, runs, streamslots
-from app.auth import authenticate
+from app.auth import ANONYMOUS_USER_ID, authenticate
 from app.defaults import IF_BUSY_POLICIES
 from app.errors import BadRequest, ContentTooLarge, InvalidBody, InvalidSessionId
+from app.ratelimit import hit_client_limit
 from app.wiring import get_wiring
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_CONTENT_BYTES = 32 * 1024
 """A message's content is limited to 32 KiB of UTF-8 (413 beyond)."""
+
+NO_LOG_YET_RETRY_MS = 3000
+"""How soon the page of a browser identity that has not written yet asks for its event stream again."""
 
 MAX_CLIENT_MESSAGE_ID = 128
 DEFAULT_PAGE = 20
@@ -38,15 +43,22 @@ def _register_converters(state) -> None:
     state.app.url_map.converters["cid"] = ConversationIdConverter
 
 
-def _user_id() -> int:
-    return authenticate(get_wiring())
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _user_id(*, write: bool = False) -> int:
+    """The caller. A write (any unsafe method, or `write`) makes a browser identity's row if it has
+    none yet; a read by such an identity is ANONYMOUS_USER_ID, which owns nothing."""
+    return authenticate(get_wiring(), create=write or request.method not in _READS)
 
 
 @bp.before_request
 def _rate_limit():
-    limiter = get_wiring().rate_limiter
-    if limiter is not None:
-        limiter.hit(_user_id())
+    wiring = get_wiring()
+    hit_client_limit(wiring)  # first: unauthenticated requests (401s) count against their address
+    if wiring.rate_limiter is not None:
+        _user_id()
+        wiring.rate_limiter.hit(g.rate_limit_key)
 
 
 def _session_id(session_id: str) -> str:
@@ -165,7 +177,7 @@ def session_events(session_id: str):
     retained log is replayed first (a reply being written shows at once). A session id nobody has
     yet is reserved for the caller, so a client can listen before its first message."""
     session_id = _session_id(session_id)
-    user_id = _user_id()
+    user_id = _user_id(write=True)  # claiming an id nobody has yet writes
     get_wiring().sessions.require_owner(session_id, user_id, claim=True)
     return _event_stream(events.session_log(session_id), replay=True, user_id=user_id)
 
@@ -183,8 +195,17 @@ def stop_reply(session_id: str):
 @bp.get("/events")
 def user_events():
     """Server-Sent Events of the caller's chats (created, renamed, deleted, message, reply,
-    failed), for the sidebars of all their tabs and devices; resumable like a session's."""
+    failed), for the sidebars of all their tabs and devices; resumable like a session's.
+
+    A browser identity with no row yet has no chats and no log: it gets a stream that ends at once
+    at the log's origin, and the browser comes back in a few seconds (`retry:`) with that position;
+    once the identity has written (in another tab), that return replays its whole log from the
+    start, so no event is missed. Nothing is subscribed or stored for it meanwhile."""
     user_id = _user_id()
+    if user_id == ANONYMOUS_USER_ID:
+        body = f"retry: {NO_LOG_YET_RETRY_MS}\n\n" + events.frame(events.ORIGIN, "ready",
+                                                                   json.dumps({"position": events.ORIGIN}))
+        return Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
     return _event_stream(events.user_log(user_id), replay=False, user_id=user_id)
 
 

@@ -66,12 +66,42 @@ def revoke_user(services: Wiring, name_or_id: str) -> User:
     return user
 
 
-def create_web_user(services: Wiring) -> User:
-    with services.db.write() as db:
-        user = User(name="web-" + secrets.token_hex(4), kind="web")
-        db.add(user)
-        db.flush()
-    return user
+ANONYMOUS_USER_ID = 0
+"""The user id of a browser whose cookie identity has no row yet (it has only read so far). No
+row has it (ids start at 1), so every read as it finds nothing (an empty list, 404s), and nothing
+is written as it: a write creates the row first (`authenticate(..., create=True)`)."""
+
+WEB_IDENTITY_BYTES = 18
+
+
+def new_web_identity() -> str:
+    """A browser's identity for its cookie: random, signed in the cookie, no row until it writes."""
+    return secrets.token_urlsafe(WEB_IDENTITY_BYTES)
+
+
+def _web_identity_hash(identity: str) -> str:
+    # In the token_hash column (unique), namespaced so that no bearer token hashes the same; the
+    # bearer path accepts API users only, whatever the hash.
+    return hash_token("web:" + identity)
+
+
+def create_web_user(services: Wiring, identity: str | None = None) -> User:
+    """The row of a browser identity (its first write). Of two first writes at once (two tabs),
+    one inserts and the other finds its row (the unique token_hash)."""
+    from sqlalchemy.exc import IntegrityError
+
+    token_hash = _web_identity_hash(identity) if identity is not None else None
+    try:
+        with services.db.write() as db:
+            user = User(name="web-" + secrets.token_hex(4), kind="web", token_hash=token_hash)
+            db.add(user)
+            db.flush()
+        return user
+    except IntegrityError:
+        if token_hash is None:
+            raise
+        with services.db.read() as db:
+            return db.scalars(select(User).where(User.token_hash == token_hash)).one()
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -93,29 +123,56 @@ def _refuse_cross_site(req) -> None:
         raise Forbidden("cross-origin request refused (Origin does not match)")
 
 
-def authenticate(services: Wiring) -> int:
-    """The caller's user id, or Unauthorized. Cached on `g` for the request."""
-    if "user_id" in g:
+def _is_web_identity(uid: object) -> bool:
+    return isinstance(uid, str) and 16 <= len(uid) <= 64
+
+
+def _bearer_user(db, header: str) -> User:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer TOKEN'")
+    user = db.scalars(select(User).where(User.token_hash == hash_token(token.strip()))).one_or_none()
+    # compare_digest on the hash keeps the check's timing independent of the match
+    if user is None or user.revoked_at is not None or user.kind != "api" or not hmac.compare_digest(
+        user.token_hash or "", hash_token(token.strip())
+    ):
+        raise Unauthorized("unknown or revoked token")
+    return user
+
+
+def _cookie_user(db, uid: object) -> User | None:
+    """The row of the cookie's identity; None for an identity with no row yet."""
+    if _is_web_identity(uid):
+        user = db.scalars(select(User).where(User.token_hash == _web_identity_hash(uid))).one_or_none()
+        if user is None:
+            return None
+    else:
+        # Cookies from before issue 13 name the row's id: those browsers keep their chats.
+        user = db.get(User, uid) if isinstance(uid, int) and not isinstance(uid, bool) else None
+    # The cookie is the chat page's identity only: an API user's id in a (forged) cookie is no
+    # identity, whoever signed it.
+    if user is None or user.revoked_at is not None or user.kind != "web":
+        raise Unauthorized()
+    return user
+
+
+def authenticate(services: Wiring, *, create: bool = False) -> int:
+    """The caller's user id, or Unauthorized. Cached on `g` for the request, with
+    `g.rate_limit_key` (the bucket of app/ratelimit.py). A browser identity with no row yet is
+    ANONYMOUS_USER_ID, unless `create` (a write), which makes its row: a visit to the page writes
+    nothing (issue 13: every GET / used to make a row)."""
+    if "user_id" in g and (g.user_id != ANONYMOUS_USER_ID or not create):
         return g.user_id
     header = request.headers.get("Authorization", "")
+    uid = cookie.get(COOKIE_USER_KEY)
     with services.db.read() as db:
-        if header:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("Authorization must be 'Bearer TOKEN'")
-            user = db.scalars(select(User).where(User.token_hash == hash_token(token.strip()))).one_or_none()
-            # compare_digest on the hash keeps the check's timing independent of the match
-            if user is None or user.revoked_at is not None or not hmac.compare_digest(
-                user.token_hash or "", hash_token(token.strip())
-            ):
-                raise Unauthorized("unknown or revoked token")
-        else:
-            uid = cookie.get(COOKIE_USER_KEY)
-            user = db.get(User, uid) if isinstance(uid, int) else None
-            # The cookie is the chat page's identity only: an API user's id in a (forged) cookie is
-            # no identity, whoever signed it.
-            if user is None or user.revoked_at is not None or user.kind != "web":
-                raise Unauthorized()
-            _refuse_cross_site(request)
-    g.user_id = user.id
+        user = _bearer_user(db, header) if header else _cookie_user(db, uid)
+    if not header:
+        _refuse_cross_site(request)  # before any row is made for the identity, too
+        if user is None and not create:
+            g.user_id, g.rate_limit_key = ANONYMOUS_USER_ID, "web:" + _web_identity_hash(uid)
+            return ANONYMOUS_USER_ID
+        if user is None:
+            user = create_web_user(services, uid)
+    g.user_id, g.rate_limit_key = user.id, f"user:{user.id}"
     return user.id

@@ -182,7 +182,7 @@ def _sentinel_settings(environ: Mapping[str, str], redis_url: str | None, redis_
             "redis_sentinel_password": password}
 
 
-def _rate_limit(raw: str) -> str | None:
+def _rate_limit(raw: str, name: str = "ARZANI_RATE_LIMIT") -> str | None:
     if raw.strip().lower() in ("", "0", "off", "none"):
         return None
     from limits import parse
@@ -190,7 +190,7 @@ def _rate_limit(raw: str) -> str | None:
     try:
         parse(raw)
     except ValueError:
-        raise ConfigurationError(f"ARZANI_RATE_LIMIT must look like '300/minute' or 'off', got {raw!r}") from None
+        raise ConfigurationError(f"{name} must look like '300/minute' or 'off', got {raw!r}") from None
     return raw
 
 
@@ -221,6 +221,9 @@ class Settings:
     history_budget_chars: int = defaults.HISTORY_BUDGET_CHARS
     generation_lease_s: float = defaults.GENERATION_LEASE_S
     rate_limit: str | None = None  # e.g. "300/minute"; None: off
+    rate_limit_ip: str | None = None  # per client address, e.g. "600/minute"; None: off
+    trusted_proxies: int = defaults.TRUSTED_PROXIES
+    max_reservations: int = defaults.MAX_RESERVATIONS
     agent_timeout_s: float = defaults.AGENT_TIMEOUT_S
     sse_max_s: float = defaults.SSE_MAX_S
     events_retain_s: float = defaults.EVENTS_RETAIN_S
@@ -302,6 +305,11 @@ class Settings:
             agent_timeout_s=_float(environ, "ARZANI_AGENT_TIMEOUT", defaults.AGENT_TIMEOUT_S),
             rate_limit=_rate_limit(environ.get("ARZANI_RATE_LIMIT",
                                                defaults.RATE_LIMIT if env == "production" else "off")),
+            rate_limit_ip=_rate_limit(environ.get("ARZANI_RATE_LIMIT_IP",
+                                                  defaults.RATE_LIMIT_IP if env == "production" else "off"),
+                                      "ARZANI_RATE_LIMIT_IP"),
+            trusted_proxies=_int(environ, "ARZANI_TRUSTED_PROXIES", defaults.TRUSTED_PROXIES, minimum=0),
+            max_reservations=_int(environ, "ARZANI_MAX_RESERVATIONS", defaults.MAX_RESERVATIONS),
             log_level=_choice(environ, "ARZANI_LOG_LEVEL", defaults.LOG_LEVEL, defaults.LOG_LEVELS,
                               normalize=str.upper),
             sweep_interval_s=_int(environ, "ARZANI_SWEEP_INTERVAL", defaults.SWEEP_INTERVAL_S, minimum=0),

@@ -75,6 +75,25 @@ RATE_LIMIT = "300/minute"
 minute); on by default in production only, so load tests such as `arzani race` measure the
 service, not the limiter. `off` turns it off."""
 
+RATE_LIMIT_IP = "600/minute"
+"""ARZANI_RATE_LIMIT_IP: requests per client address to the API and the page (`GET /`), across all
+processes, counted before authentication: so 401s (guessing tokens) and fresh identities (a new
+cookie per request) are limited too. Twice the per-user limit, so that a few users behind one
+address (an office's NAT) are not limited by each other; raise it for more. On by default in
+production only, like ARZANI_RATE_LIMIT; `off` turns it off."""
+
+TRUSTED_PROXIES = 0
+"""ARZANI_TRUSTED_PROXIES: how many reverse proxies in front of gunicorn append to
+X-Forwarded-For; the client address is the one the outermost of them saw. 0: X-Forwarded-For is
+never trusted (any client can write it), the address is the TCP peer's."""
+
+MAX_RESERVATIONS = 100
+"""ARZANI_MAX_RESERVATIONS: session ids one user may hold reserved and unused (POST /api/sessions,
+or listening to a session before its first message); one more is 429 too_many_sessions. A
+reservation is a Redis hash that lives ARZANI_SESSION_TTL: without a cap one client could fill
+Redis (2,000 reservations in 3 s). A reservation stops counting once its session has a
+conversation, or when it expires."""
+
 SSE_MAX_S = 55.0
 """ARZANI_SSE_MAX_S: an event stream ends after this and the browser reconnects, so no web thread
 is held forever (and proxies with a 60 s idle timeout never cut one)."""

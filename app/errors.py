@@ -103,6 +103,14 @@ class InvalidBody(ArzaniError):
     status = 422
 
 
+class TooManySessions(ArzaniError):
+    """Too many sessions reserved and not used yet: send a message in one of them, or wait for them
+    to expire (ARZANI_SESSION_TTL), before reserving more."""
+
+    code = "too_many_sessions"
+    status = 429
+
+
 class Unavailable(ArzaniError):
     """A backing service (Redis or the database) is unavailable; try again."""
 

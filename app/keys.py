@@ -63,6 +63,12 @@ def user_log(user_id: int) -> str:
     return f"{USER_PREFIX}{{{int(user_id)}}}:log"
 
 
+def user_reservations(user_id: int) -> str:
+    """A sorted set: the session ids reserved by the user and not used yet, each scored by the epoch
+    milliseconds its reservation expires at (ARZANI_MAX_RESERVATIONS caps their number)."""
+    return f"{USER_PREFIX}{{{int(user_id)}}}:reserved"
+
+
 def user_events_channel(user_id: int) -> str:
     """Pub/sub channel (not a key) announcing each entry appended to the user's log."""
     return f"{USER_PREFIX}{{{int(user_id)}}}:events"

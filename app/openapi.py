@@ -53,8 +53,9 @@ ERRORS = {
                   "`conversation_full`: the conversation holds the most messages it may)"),
     "413": _error("content over 32 KiB, or a request body over 256 KiB"),
     "422": _error("a JSON body of the wrong shape"),
-    "429": _error("rate limited; on an event stream also `too_many_streams` (ARZANI_MAX_STREAMS_PER_USER or "
-                  "_PER_IP open already)"),
+    "429": _error("rate limited (per user or per client address); too many sessions reserved and unused "
+                  "(`too_many_sessions`); on an event stream also `too_many_streams` (ARZANI_MAX_STREAMS_PER_USER "
+                  "or _PER_IP open already)"),
     "503": _error("Redis or the database is unavailable"),
 }
 

@@ -34,9 +34,9 @@ from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import func, select
 
-from app import events, keys, metrics
+from app import defaults, events, keys, metrics
 from app.db import Database
-from app.errors import NotFound, SessionBusy, StaleFence
+from app.errors import NotFound, SessionBusy, StaleFence, TooManySessions
 from app.locks import FencedLock
 from app.models import Conversation, Message, MessageRole, MessageStatus
 
@@ -133,6 +133,7 @@ class SessionService:
         *,
         lock_ttl_ms: int,
         session_ttl_s: int,
+        max_reservations: int = defaults.MAX_RESERVATIONS,
         process_kind: str = "web",
         hub=None,
     ):
@@ -143,6 +144,7 @@ class SessionService:
         self.db = db
         self.lock_ttl_ms = lock_ttl_ms
         self.session_ttl_ms = session_ttl_s * 1000
+        self.max_reservations = max_reservations
         self.process_kind = process_kind
         self._touch = redis.register_script(_TOUCH)
         self._forget = redis.register_script(_FORGET)
@@ -184,7 +186,16 @@ class SessionService:
                            payload=f"{tracked.conversation_id}|{tracked.user_id}")
 
     def reserve(self, session_id: str, user_id: int) -> None:
-        """Claim a server-minted session id for its user before any conversation exists."""
+        """Claim a server-minted session id for its user before any conversation exists.
+        TooManySessions if the user already holds `max_reservations` unused ones.
+
+        A cap, not stateless (signed) session ids: a reservation is what makes a listener before
+        the first message and a second tab's send agree on whose session it is (HSETNX), and
+        `GET /api/sessions/SID` shows it; a signed id would need every reader of the hash taught to
+        accept an id that is not there. The cap is counted in the user's own sorted set (their
+        `{user}` slot, so it works on a cluster too); ids that got a conversation or expired are
+        dropped from it when the cap is reached."""
+        self._count_reservation(session_id, user_id)
         # Not a transaction: the id was just minted at random, nobody else knows it yet.
         pipe = self.redis.pipeline(transaction=False)
         key = keys.session_key(session_id)
@@ -194,6 +205,33 @@ class SessionService:
         pipe.hset(key, "last_seen_at", stamp)
         pipe.pexpire(key, self.session_ttl_ms)
         pipe.execute()
+
+    def _count_reservation(self, session_id: str, user_id: int) -> None:
+        reserved = keys.user_reservations(user_id)
+        now = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(reserved, "-inf", now)
+        pipe.zadd(reserved, {session_id: now + self.session_ttl_ms})
+        pipe.pexpire(reserved, self.session_ttl_ms)
+        pipe.zcard(reserved)
+        count = pipe.execute()[-1]
+        if count <= self.max_reservations:
+            return
+        # Added first, counted after: of two reservations racing for the last place, neither can
+        # go beyond the cap unseen (both may be refused; a retry then finds the place).
+        held = [m for m in self.redis.zrange(reserved, 0, -1) if m != session_id]
+        pipe = self.redis.pipeline(transaction=False)
+        for member in held:
+            pipe.hmget(keys.session_key(member), "conversation_id", "user_id")
+        # used (it has a conversation) or gone (expired, deleted): no longer a reservation
+        done = [m for m, (conversation, owner) in zip(held, pipe.execute(), strict=True)
+                if conversation is not None or owner is None]
+        if done:
+            self.redis.zrem(reserved, *done)
+        if count - len(done) > self.max_reservations:
+            self.redis.zrem(reserved, session_id)
+            raise TooManySessions(f"{self.max_reservations} sessions are reserved and unused: send a message "
+                                  f"in one of them (or let them expire) before reserving another")
 
     def forget(self, session_id: str, conversation_id: str) -> bool:
         """Drop the tracked key if (and only if) it still names `conversation_id`."""
@@ -420,6 +458,8 @@ class SessionService:
                 return
             self.reserve(session_id, user_id)  # HSETNX: of two racing claims the first stays
             owner = self.redis.hget(keys.session_key(session_id), "user_id")
+            if owner is not None and int(owner) != user_id:
+                self.redis.zrem(keys.user_reservations(user_id), session_id)  # lost the race: not ours
         ensure_owner([int(owner)] if owner is not None else [], user_id, known=True)
 
     def known(self, session_id: str) -> bool:

@@ -1,11 +1,13 @@
-"""The chat page. Its first visit gives the browser a signed-cookie identity."""
+"""The chat page. Its first visit gives the browser a signed-cookie identity: a random one, with no
+database row until the browser first writes (app/auth.py), so a visit costs no storage."""
 
 from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 from flask import session as cookie
 
-from app.auth import COOKIE_USER_KEY, create_web_user
+from app.auth import COOKIE_USER_KEY, new_web_identity
+from app.ratelimit import hit_client_limit
 from app.wiring import get_wiring
 
 bp = Blueprint("web", __name__)
@@ -19,9 +21,9 @@ CONTENT_SECURITY_POLICY = "; ".join([
 
 @bp.get("/")
 def index():
-    if not isinstance(cookie.get(COOKIE_USER_KEY), int):
-        user = create_web_user(get_wiring())
-        cookie[COOKIE_USER_KEY] = user.id
+    hit_client_limit(get_wiring())
+    if not isinstance(cookie.get(COOKIE_USER_KEY), int | str):  # an int: a row's id, from before
+        cookie[COOKIE_USER_KEY] = new_web_identity()
         cookie.permanent = True
     return render_template("index.html")
 

@@ -157,26 +157,36 @@ class Wiring:
             self.db,
             lock_ttl_ms=self.settings.lock_ttl_ms,
             session_ttl_s=self.settings.session_ttl_s,
+            max_reservations=self.settings.max_reservations,
             process_kind=self.process_kind,
             hub=self.event_hub if self.process_kind == "web" else None,
         )
 
-    @cached_property
-    def rate_limiter(self) -> RateLimiter | None:
-        if not self.settings.rate_limit:
+    def _limiter(self, limit: str | None) -> RateLimiter | None:
+        if not limit:
             return None
         if self.settings.redis_sentinels:  # the `limits` library's sentinel storage, master only
             hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                              for host, port in self.settings.redis_sentinels)
             return RateLimiter(f"redis+sentinel://{hosts}/{self.settings.redis_sentinel_master}",
-                               self.settings.rate_limit, use_replicas=False,
+                               limit, use_replicas=False,
                                sentinel_kwargs=sentinel_kwargs(self.settings),
                                socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
                                **sentinel_master_kwargs(self.settings))
         url = self.settings.redis_url
         if self.settings.redis_cluster:  # the `limits` library's name for a cluster
             url = url.replace("redis://", "redis+cluster://", 1)
-        return RateLimiter(url, self.settings.rate_limit)
+        return RateLimiter(url, limit)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter | None:
+        """Per user (ARZANI_RATE_LIMIT)."""
+        return self._limiter(self.settings.rate_limit)
+
+    @cached_property
+    def client_rate_limiter(self) -> RateLimiter | None:
+        """Per client address (ARZANI_RATE_LIMIT_IP)."""
+        return self._limiter(self.settings.rate_limit_ip)
 
     @cached_property
     def events(self) -> events.Publisher:
