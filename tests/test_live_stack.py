@@ -56,8 +56,11 @@ class SSE:
 
 
 def test_hundreds_of_open_streams_hold_no_thread_and_no_redis_connection_each(make_stack, redis_url, database_url):
-    # one user on one address holds them all: the per-user and per-address caps are raised
-    stack = make_stack(database_url, ARZANI_MAX_STREAMS_PER_USER="1000", ARZANI_MAX_STREAMS_PER_IP="1000")
+    # One user on one address holds them all: the per-user and per-address caps are raised, and
+    # so is ARZANI_MAX_RESERVATIONS (100): each stream listens to a session before its first
+    # message, which reserves it.
+    stack = make_stack(database_url, ARZANI_MAX_STREAMS_PER_USER="1000", ARZANI_MAX_STREAMS_PER_IP="1000",
+                       ARZANI_MAX_RESERVATIONS="10000")
     stack.init_db()
     stack.start_web(workers=WEB_WORKERS)
     token = stack.create_user("many-tabs")
