@@ -574,8 +574,11 @@ def bench(quick: bool, smoke: bool) -> None:
     click.echo(f"logs (RQ's and ours): {log_path}", err=True)
     env = dict(os.environ, REDIS_URL=embedded.url, DATABASE_URL=f"sqlite:///{directory}/bench.db",
                ARZANI_QUEUE="arzani-bench", ARZANI_LOG_LEVEL="WARNING", ARZANI_RATE_LIMIT="off",
-               # the open-streams figure is one client holding thousands: no per-user or per-address cap
+               ARZANI_RATE_LIMIT_IP="off",
+               # the open-streams figure is one client holding thousands, each on a session before
+               # its first message (a reservation each): no per-user or per-address cap
                ARZANI_MAX_STREAMS_PER_USER="100000", ARZANI_MAX_STREAMS_PER_IP="100000",
+               ARZANI_MAX_RESERVATIONS="1000000",
                ARZANI_SECRET_KEY="bench", ARZANI_BENCH_LOG=str(log_path))
     figures = Figures()
     try:
