@@ -85,7 +85,9 @@ def test_redis_restarted_empty_every_pending_reply_within_10_s(api, services, re
     fake_llm.hold()
     queued = [api.send(new_session_id(), f"queued {n}").json for n in range(4)]
     fake_llm.wait_for_requests(2, timeout=60)  # the second worker is busy too: the rest wait in the queue
-    wait_for(lambda: services.queue.count == 3, 30, "three jobs waiting in the queue")
+    # At least three (a loaded machine may let a lease lapse, or a claim be slow, and the watcher
+    # add a takeover job: a no-op beside the claim, and still lost with Redis like the others).
+    wait_for(lambda: services.queue.count >= 3, 30, "three jobs waiting in the queue")
     redis_server.stop()
     redis_server.start()  # same port, empty: the queued jobs, the claims' run keys, the marker are gone
     back = time.monotonic()
