@@ -429,13 +429,18 @@ def retry_reply(services: Wiring, user_id: int, conversation_id: str, message_id
         message.status = MessageStatus.PENDING
         message.attempts = 0  # a new round of attempts
         message.failure_reason = None
+    return _answer_again(services, user_id, conversation, message)
+
+
+def _answer_again(services: Wiring, user_id: int, conversation: Conversation, message: Message) -> dict:
+    """A message pending again (retried, regenerated): its job enqueued afresh, and every tab told."""
     job_id = jobqueue.requeue_reply(services.queue, services.settings, message)
-    retried = message_json(message)
+    pending = message_json(message)
     services.events.announce(
-        services.events.to_session(conversation.session_id, "message", message=retried),
+        services.events.to_session(conversation.session_id, "message", message=pending),
         services.events.to_user(user_id, "message", conversation_id=conversation.id,
-                                session_id=conversation.session_id, message=retried))
-    return {"message": retried, "job_id": job_id}
+                                session_id=conversation.session_id, message=pending))
+    return {"message": pending, "job_id": job_id}
 
 
 def regenerate_reply(services: Wiring, user_id: int, conversation_id: str, message_id: int) -> dict:
@@ -443,6 +448,12 @@ def regenerate_reply(services: Wiring, user_id: int, conversation_id: str, messa
     stopped): the message is pending again and its reply job enqueued; the current reply stays
     until the new version replaces it (then it is kept as an earlier version). Of two regenerate
     calls at once, one gets the new generation, the other a 409."""
+    with services.db.read() as db:
+        conversation = _owned_conversation(db, user_id, conversation_id)
+    # Before it is pending again (nothing can stop it meanwhile), and outside the write
+    # transaction (a Redis round trip must not hold SQLite's write lock): a stop mark of an earlier
+    # Stop of this message would refuse the new generation.
+    events.clear_stop_mark(services.redis, conversation.session_id, message_id)
     with services.db.write() as db:
         conversation = _owned_conversation(db, user_id, conversation_id)
         message = db.get(Message, message_id)
@@ -452,9 +463,6 @@ def regenerate_reply(services: Wiring, user_id: int, conversation_id: str, messa
                                                            Message.role == MessageRole.USER))
         if message.id != last:
             raise Conflict("only the reply to the last user message can be regenerated")
-        # Before it is pending again (nothing can stop it meanwhile): a stop mark of an earlier
-        # Stop of this message would refuse the new generation.
-        events.clear_stop_mark(services.redis, conversation.session_id, message.id)
         again = db.execute(
             update(Message)
             .where(Message.id == message.id, Message.status.in_((MessageStatus.ANSWERED, MessageStatus.STOPPED)))
@@ -465,11 +473,5 @@ def regenerate_reply(services: Wiring, user_id: int, conversation_id: str, messa
             status = db.scalar(select(Message.status).where(Message.id == message.id))
             raise Conflict(f"only an answered or stopped message's reply can be regenerated; this one is {status}")
         db.refresh(message)
-    job_id = jobqueue.requeue_reply(services.queue, services.settings, message)
-    regenerating = message_json(message)
-    services.events.announce(
-        services.events.to_session(conversation.session_id, "message", message=regenerating),
-        services.events.to_user(user_id, "message", conversation_id=conversation.id,
-                                session_id=conversation.session_id, message=regenerating))
-    return {"message": regenerating, "job_id": job_id}
+    return _answer_again(services, user_id, conversation, message)
 

@@ -71,7 +71,13 @@ def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
     sweeper enqueues it again (it uses this same function and job id).
     """
     job_id = reply_job_id(queue.name, message)
-    retries = settings.reply_retries
+    _enqueue(queue, settings, message, job_id, f"reply to message {message.id}")
+    return job_id
+
+
+def _enqueue(queue: Queue, settings: Settings, message: Stored, job_id: str, description: str) -> bool:
+    """One reply job under `job_id`, with the retry schedule and the failure callback; False if a
+    job of that id is there already (RQ refuses it atomically)."""
     try:
         queue.enqueue(
             REPLY_JOB,
@@ -79,13 +85,13 @@ def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
             job_id=job_id,
             unique=True,
             job_timeout=settings.job_timeout_s,
-            retry=_retry(retries),
+            retry=_retry(settings.reply_retries),
             on_failure=Callback(REPLY_FAILED_CALLBACK),
-            description=f"reply to message {message.id}",
+            description=description,
         )
     except DuplicateJobError:
-        pass
-    return job_id
+        return False
+    return True
 
 
 def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message: Stored) -> str:
@@ -105,20 +111,7 @@ def enqueue_takeover(queue: Queue, settings: Settings, message: Stored, window: 
     The original job stays where it is (RQ's recovery may still retry it): the generation claim
     lets only one of them call the agent."""
     job_id = f"{reply_job_id(queue.name, message)}-takeover-{window}"
-    try:
-        queue.enqueue(
-            REPLY_JOB,
-            message.id,
-            job_id=job_id,
-            unique=True,
-            job_timeout=settings.job_timeout_s,
-            retry=_retry(settings.reply_retries),
-            on_failure=Callback(REPLY_FAILED_CALLBACK),
-            description=f"reply to message {message.id} (takeover)",
-        )
-    except DuplicateJobError:
-        return False
-    return True
+    return _enqueue(queue, settings, message, job_id, f"reply to message {message.id} (takeover)")
 
 
 def requeue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
