@@ -52,14 +52,20 @@ class Slot:
     slot_id: str
 
     def renew(self) -> None:
+        """One round trip at every heartbeat of every open stream (a pipeline, no transaction:
+        each key is in its own cluster slot)."""
         expiry = int((time.time() + SLOT_TTL_S) * 1000)
+        pipe = self.redis.pipeline(transaction=False)
         for key in self.keys:
-            self.redis.zadd(key, {self.slot_id: expiry}, xx=True)
-            self.redis.pexpire(key, int(SLOT_TTL_S * 1000))
+            pipe.zadd(key, {self.slot_id: expiry}, xx=True)
+            pipe.pexpire(key, int(SLOT_TTL_S * 1000))
+        pipe.execute()
 
     def release(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
         for key in self.keys:
-            self.redis.zrem(key, self.slot_id)
+            pipe.zrem(key, self.slot_id)
+        pipe.execute()
 
 
 def take(redis: Redis, user_id: int, ip: str | None, *, per_user: int, per_ip: int) -> Slot:

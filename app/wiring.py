@@ -119,14 +119,15 @@ class Wiring:
         return self.sentinel.master_for(
             self.settings.redis_sentinel_master,
             connection_pool_class=SentinelBlockingConnectionPool,
-            max_connections=self.settings.redis_max_connections,
-            timeout=REDIS_SOCKET_TIMEOUT_S,
-            decode_responses=decode_responses,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
+            **self._pool_options(decode_responses),
             **sentinel_master_kwargs(self.settings),
         )
+
+    def _pool_options(self, decode_responses: bool) -> dict:
+        """Every pool of ours, plain or through the sentinels: bounded, with the same timeouts."""
+        return {"max_connections": self.settings.redis_max_connections, "timeout": REDIS_SOCKET_TIMEOUT_S,
+                "decode_responses": decode_responses, "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S, "health_check_interval": 30}
 
     @staticmethod
     def _redis_url(url: str | None) -> str:
@@ -139,15 +140,7 @@ class Wiring:
         # A bounded pool: under gunicorn's gevent worker thousands of requests (event streams
         # connecting at once) could otherwise open a connection each. Beyond the bound a command
         # waits for a free connection (up to the socket timeout), it does not fail.
-        pool = BlockingConnectionPool.from_url(
-            self._redis_url(url),
-            max_connections=self.settings.redis_max_connections,
-            timeout=REDIS_SOCKET_TIMEOUT_S,
-            decode_responses=decode_responses,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
-        )
+        pool = BlockingConnectionPool.from_url(self._redis_url(url), **self._pool_options(decode_responses))
         return Redis(connection_pool=pool)
 
     @cached_property

@@ -46,7 +46,7 @@ from pathlib import Path
 import click
 
 from scripts import chaoscheck
-from scripts.localservers import EmbeddedRedis, _die_with_parent, free_port
+from scripts.localservers import EmbeddedRedis, _die_with_parent, free_port, start_time
 
 FAULTS = {
     "gunicorn-worker": "SIGKILL of a gunicorn worker process (its master starts another)",
@@ -110,13 +110,6 @@ class ProcessTable:
             found += children
             frontier += children
         return found
-
-
-def start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
 
 
 class ChaosStack:

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import click
@@ -198,3 +199,12 @@ class EmbeddedRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, from /proc): with its pid, it names one
+    process, so a pid the kernel reused is never taken for it. None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from app import defaults
+from scripts.localservers import start_time
 from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
@@ -49,13 +50,6 @@ def descendants_of(pid: int) -> list[int]:
         found.extend(children)
         frontier.extend(children)
     return found
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
 
 
 class Stack:
@@ -126,7 +120,7 @@ class Stack:
         """SIGTERM (workers unregister, gunicorn drains), then SIGKILL whatever is left, RQ's
         work-horses included: a horse is its own process group, so killing its worker's group
         does not reach it, and a horse that outlived its test would write into the next one."""
-        descendants = [(pid, _start_time(pid)) for process in self.processes.values()
+        descendants = [(pid, start_time(pid)) for process in self.processes.values()
                        for pid in descendants_of(process.pid)]
         for process in self.processes.values():
             if process.poll() is None:
@@ -138,7 +132,7 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
         for pid, started in descendants:
-            if _start_time(pid) == started:  # the same process, not a reused pid
+            if start_time(pid) == started:  # the same process, not a reused pid
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

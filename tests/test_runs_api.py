@@ -181,3 +181,25 @@ def test_the_sidebar_lists_every_version_of_a_regenerated_last_reply(api, run_jo
     run_jobs()
     last = api.get("/api/conversations").json["conversations"][0]["last_message"]
     assert last["current_version"] == 2 and [v["version"] for v in last["versions"]] == [1, 2]
+
+
+def test_two_stops_at_the_same_instant_stop_the_reply_once(app, api, services):
+    """Two tabs press Stop together: one answers with what it stopped, the other null; the
+    message is stopped once and no reply row is made twice."""
+    session_id = new_session_id()
+    posted = api.send(session_id, "stop me twice").json
+    barrier = threading.Barrier(4)
+    answers = []
+
+    def stop():
+        client = app.test_client()
+        barrier.wait(10)
+        answers.append(client.post(f"/api/sessions/{session_id}/stop", headers=api.headers).json["stopped"])
+
+    threads = [threading.Thread(target=stop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(a is None for a in answers) == [False, True, True, True]
+    assert statuses(api, posted["conversation_id"]) == [("user", "stopped")]
