@@ -139,6 +139,12 @@ RQ_RECONNECT_MAX_S = 2.0
 """The longest an `rq worker` waits between two attempts to reach Redis (RQ's own default is 60 s:
 after an outage of a minute, workers would start again up to a minute after Redis)."""
 
+RQ_COMMAND_RETRIES = 12
+"""How often an `rq worker` sends a Redis command again after a connection error, waiting 0.1,
+0.2, 0.4... at most RQ_RECONNECT_MAX_S between tries: about 17 s in all, longer than a Redis
+restart or a Sentinel failover takes (workers/rq_settings.py). A longer outage at such a moment
+makes the worker quit, and its supervisor (supervisord under `make run`) starts it again."""
+
 RECONCILE_INTERVAL_S = 600
 """ARZANI_RECONCILE_INTERVAL: how often `arzani reconcile --fix` runs (0: never)."""
 

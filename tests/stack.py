@@ -18,6 +18,7 @@ from scripts.localservers import start_time
 from tests.servers import free_port
 
 BIN = Path(sys.executable).parent
+CONNECTION = ("--connection-class", "workers.rq_settings.Redis")  # as the Procfile's `worker:` line
 
 
 def stack_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
@@ -92,14 +93,14 @@ class Stack:
         raise RuntimeError("gunicorn did not become ready:\n" + self.log("web"))
 
     def start_worker(self, name: str = "worker", *extra: str, url: str | None = None) -> subprocess.Popen:
-        return self._spawn(name, [str(BIN / "rq"), "worker", "--url", url or self.env["REDIS_URL"],
+        return self._spawn(name, [str(BIN / "rq"), "worker", "--url", url or self.env["REDIS_URL"], *CONNECTION,
                                   "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
                                   *extra, self.env["ARZANI_QUEUE"]])
 
     def start_procfile_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
         """`rq worker` as the Procfile starts it: no --url, its Redis (a URL or sentinels) read from
         the environment by `-c workers.rq_settings`."""
-        return self._spawn(name, [str(BIN / "rq"), "worker", "-c", "workers.rq_settings",
+        return self._spawn(name, [str(BIN / "rq"), "worker", "-c", "workers.rq_settings", *CONNECTION,
                                   "--name", f"{name}-{os.getpid()}-{time.monotonic_ns()}",
                                   *extra, self.env["ARZANI_QUEUE"]])
 

@@ -3,6 +3,8 @@ exits on the first connection error, and nothing would run the sweeper again."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis as redis_lib
 from rq import Queue
@@ -36,3 +38,42 @@ def test_the_cron_scheduler_outlives_a_redis_outage(make_stack, redis_server, re
     redis_server.start()  # back, and empty
     wait_for(lambda: sweeps_queued(redis_url, queue_name) >= 1, 60, "a sweep scheduled after the outage")
     assert cron.poll() is None, stack.log("cron")
+
+
+def test_the_scheduler_stops_cleanly_after_redis_lost_its_data(redis_url):
+    """`start()` registers the scheduler's death in a `finally`; after Redis restarted empty RQ's
+    own CronScheduler raised SchedulerNotFound there, replacing the connection error `arzani cron`
+    handles: it crashed instead of starting again."""
+    from workers.scheduler import Scheduler
+
+    client = redis_lib.Redis.from_url(redis_url)
+    scheduler = Scheduler(connection=client)
+    scheduler.register_birth()
+    client.flushall()  # what a restart without persistence leaves
+    scheduler.register_death()  # no SchedulerNotFound
+
+
+def test_a_worker_connection_rides_out_a_redis_restart(redis_server, redis_url):
+    """The Procfile's `rq worker --connection-class workers.rq_settings.Redis`: a command sent while
+    Redis is down for two seconds is sent again until it answers (redis-py's default may give up
+    within a fraction of a second)."""
+    import threading
+    import time
+
+    from workers.rq_settings import Redis
+
+    assert "--connection-class workers.rq_settings.Redis" in (Path(__file__).parents[1] / "Procfile").read_text()
+    client = Redis.from_url(redis_url)
+    client.ping()
+    answers = []
+    redis_server.stop()
+    # The command from a thread; the restart from this one (the server dies with the thread that
+    # started it: PR_SET_PDEATHSIG).
+    sender = threading.Thread(target=lambda: answers.append(client.hset("arzani:test:rides-out", "state", "idle")))
+    sender.start()
+    wait_for(lambda: client.connection_pool._created_connections >= 1, 5, "the command to be on its way")
+    time.sleep(2)  # the outage's length (the fault itself, not a wait for a state)
+    assert sender.is_alive()  # still trying
+    redis_server.start()
+    sender.join(30)
+    assert answers == [1]

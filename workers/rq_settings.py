@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import redis
 from prometheus_client import values
 
 _WORKER_PID = os.getpid()
@@ -51,6 +52,34 @@ from app.defaults import RQ_RECONNECT_MAX_S  # noqa: E402
 
 BaseWorker.max_connection_wait_time = RQ_RECONNECT_MAX_S
 
+
+def _riding_out_restarts():
+    """What every Redis command of the worker does on a connection error: try again, for about
+    RQ_COMMAND_RETRY_S. RQ reconnects by itself only inside its blocking dequeue; a command it
+    sends anywhere else (the worker's state just after a job, the job's result, a heartbeat)
+    raises through `work()`, whose catch-all then quits the worker. redis-py's default retry
+    (3 tries, full jitter) can give up within a fraction of a second, less than a Redis restart
+    takes: a worker that was finishing a job when Redis restarted quit (seen in
+    test_fast_recovery). The workaround RQ's maintainers point to (rq/rq#1836) is this one: a
+    retry policy on the worker's connection."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    from app.defaults import RQ_COMMAND_RETRIES
+
+    return Retry(ExponentialBackoff(cap=RQ_RECONNECT_MAX_S, base=0.05), RQ_COMMAND_RETRIES)
+
+
+class Redis(redis.Redis):
+    """`rq worker --connection-class workers.rq_settings.Redis` (the Procfile's `worker:` line):
+    redis-py's client with the retry policy above, whether RQ makes it from `--url` or from the
+    REDIS_URL below. (The SENTINEL setting's connections get the same policy, below.)"""
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs):
+        kwargs.setdefault("retry", _riding_out_restarts())
+        return super().from_url(url, **kwargs)
+
 import workers.jobs  # noqa: E402  (after the value class: metrics are made at import)
 import workers.maintenance  # noqa: E402, F401
 
@@ -73,7 +102,8 @@ def _sentinel(settings) -> dict:
         "PASSWORD": master.pop("password", None),
         "SSL": master.pop("ssl", False),
         "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT_S,  # RQ raises it above its blocking dequeue's timeout
-        "CONNECTION_KWARGS": {"socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S, **master},
+        "CONNECTION_KWARGS": {"socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S, **master,
+                              "retry": _riding_out_restarts()},
         "SENTINEL_KWARGS": sentinel_kwargs(settings),
     }
 

@@ -16,6 +16,8 @@ import time
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.cron import CronScheduler
+from rq.exceptions import SchedulerNotFound
 
 log = logging.getLogger("arzani.scheduler")
 
@@ -23,19 +25,30 @@ SCHEDULE = "workers.cron"
 MAX_BACKOFF_S = 30.0
 
 
+class Scheduler(CronScheduler):
+    """RQ's cron scheduler, whose stop survives Redis restarted empty."""
+
+    def register_death(self) -> None:
+        # `start()` calls this in a `finally`: after Redis came back empty (its registry entry went
+        # with the data) RQ raises SchedulerNotFound there, which replaced the connection error being
+        # handled and crashed `arzani cron` (seen in test_fast_recovery's Redis restarts).
+        try:
+            super().register_death()
+        except SchedulerNotFound:
+            self.log.info("CronScheduler %s: its registry entry was gone (Redis lost its data)", self.name)
+
+
 def run(connection: Redis, *, schedule: str = SCHEDULE, sleep=time.sleep, services=None) -> None:
     """Run the scheduler until it is asked to stop; outlive any Redis outage. With `services`
     (a Wiring), the recovery watcher (workers/recovery.py) runs beside it, in a thread of its own
     that ticks through outages every ARZANI_RECOVERY_INTERVAL, whatever this loop's backoff."""
-    from rq.cron import CronScheduler
-
     if services is not None and services.settings.recovery_interval_s:
         from workers.recovery import Recovery
 
         Recovery(services).start()
     backoff = 1.0
     while True:
-        scheduler = CronScheduler(connection=connection, logging_level=logging.WARNING)
+        scheduler = Scheduler(connection=connection, logging_level=logging.WARNING)
         scheduler.load_config_from_file(schedule)
         started = time.monotonic()
         try:

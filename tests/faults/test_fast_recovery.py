@@ -121,3 +121,23 @@ def test_a_retry_scheduled_before_redis_restarts_empty_is_not_lost_nor_late(api,
     print(f"\nretry scheduled before a Redis restart: reply {time.monotonic() - failed_again:.1f} s after the "
           f"failure (its interval: {RETRY_INTERVALS_S[1]} s)")
     assert len(fake_llm.requests) == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about Redis and RQ, not the database
+def test_a_worker_whose_job_ends_while_redis_is_away_keeps_working(api, services, redis_server, procfile, fake_llm):
+    """A job ends while Redis is down for a few seconds: RQ records its end (in the horse, then in
+    the worker) outside its reconnect loop. With redis-py's default retry (3 tries, full jitter) a
+    stock `rq worker` can give up within a second and quit; the Procfile's connection class rides
+    the outage out."""
+    worker = procfile.start_worker("w1", *WORKER)
+    fake_llm.hold()
+    first = api.send(new_session_id(), "ends in the dark").json
+    fake_llm.wait_for_requests(1, timeout=60)
+    redis_server.stop()
+    fake_llm.release()  # the job ends now, and RQ records its end (horse and parent) meanwhile
+    time.sleep(4)  # the outage's length (the fault itself, not a wait for a state)
+    redis_server.start()
+    later = api.send(new_session_id(), "after the outage").json
+    wait_for(lambda: answered(api, later), 30, "a message posted after the outage to be answered")
+    wait_for(lambda: answered(api, first), 30, "the message whose job ended during the outage")
+    assert worker.poll() is None, procfile.log("w1")
