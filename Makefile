@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 PYTEST_ARGS ?=
+# The suite runs in 3 processes (pytest-xdist), each test file in one of them: most of its time is
+# waiting on real servers, not CPU. JOBS=0 runs it in this process alone.
+JOBS ?= 3
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 .PHONY: install run test test-fast lint repeat clean
 
@@ -31,10 +35,10 @@ run: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check app workers scripts tests
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # Flake hunting: make repeat N=20 LOAD=2 TESTS="tests/faults -k sqlite" (failures per test)
 N ?= 10

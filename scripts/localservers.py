@@ -10,6 +10,7 @@ a flake on a busy machine). Below the range only servers bind, and we check that
 from __future__ import annotations
 
 import ctypes
+import os
 import random
 import secrets
 import shutil
@@ -37,13 +38,27 @@ def _ephemeral_low() -> int:
         return 32_768  # Linux's default
 
 
+def _my_slice(low: int, high: int) -> tuple[int, int]:
+    """The part of [low, high] this process draws from: all of it, or under pytest-xdist (the
+    suite's JOBS processes) one slice per worker, inherited by the processes a test starts, so
+    that no two tests running at once are handed the same port (each process remembers only its
+    own ports). A Redis Cluster node's bus port (port + 10000) may land in another slice; the bind
+    check below still sees it taken once its node listens."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return low, high
+    size = (high - low + 1) // int(count)
+    start = low + (int(worker[2:]) % int(count)) * size
+    return start, start + size - 1
+
+
 def free_port(companion_offset: int = 0) -> int:
     """A loopback port that is free now, below the ephemeral range, not handed out before by this
     process. With `companion_offset`, port + offset is free and below the range too (a Redis
     Cluster node's bus port is port + 10000)."""
-    high = _ephemeral_low() - 1 - companion_offset
+    low, high = _my_slice(_LOWEST_PORT, _ephemeral_low() - 1 - companion_offset)
     for _ in range(1000):
-        port = random.randint(_LOWEST_PORT, high)
+        port = random.randint(low, high)
         candidates = (port, port + companion_offset) if companion_offset else (port,)
         if any(c in _handed_out for c in candidates):
             continue
