@@ -121,7 +121,7 @@ def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jo
     assert second.status_code == 202
     assert second.headers["Arzani-Session-Resolution"] == "recovered"
     assert second.json["conversation_id"] == first["conversation_id"]
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == first["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == first["conversation_id"]
     run_jobs()
     assert assistant_count(services, first["conversation_id"]) == 2
 
@@ -129,27 +129,27 @@ def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jo
 def test_worker_repairs_a_session_key_that_names_another_conversation(api, services, run_jobs):
     session_id = new_session_id()
     posted = api.send(session_id, "where will my reply go?").json
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "some-other-conversation")
+    services.redis.hset(keys.session_key(session_id), "cid", "some-other-conversation")
     run_jobs()
     assert assistant_count(services, posted["conversation_id"]) == 1
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == posted["conversation_id"]
 
 
 def test_a_stale_key_on_the_web_side_is_dropped_and_the_database_wins(api, services):
     session_id = new_session_id()
     posted = api.send(session_id, "one").json
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "deleted-or-foreign")
+    services.redis.hset(keys.session_key(session_id), "cid", "deleted-or-foreign")
     again = api.send(session_id, "two")
     assert again.status_code == 202
     assert again.json["conversation_id"] == posted["conversation_id"]
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == posted["conversation_id"]
 
 
 def test_no_reply_resurrects_a_deleted_conversation(api, services, run_jobs):
     session_id = new_session_id()
     posted = api.send(session_id, "forget me").json
     assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
-    assert services.redis.exists(keys.session_key(session_id)) == 0
+    assert services.redis.hget(keys.session_key(session_id), "cid") is None  # untracked (the fence stays)
     run_jobs()
     assert assistant_count(services, posted["conversation_id"]) == 0
     fresh = api.send(session_id, "new start").json
