@@ -76,8 +76,8 @@ def test_a_run_whose_claim_was_taken_over_attaches_nothing(api, services):
     newer = jobs.runs.claim(services, message_id, "another-run")
     assert (stalled.attempt, newer.attempt) == (1, 2)
     assert not jobs.runs.renew(services, stalled)
-    assert jobs._attach(services, conversation, stalled, "stale text", context_upto=message_id) == "superseded"
-    assert jobs._attach(services, conversation, newer, "the reply", context_upto=message_id) == "attached"
+    assert jobs._attach(services, conversation, stalled, "stale text", context_upto=message_id)[0] == "superseded"
+    assert jobs._attach(services, conversation, newer, "the reply", context_upto=message_id) == ("attached", None)
     messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
     assert [(m["role"], m["content"]) for m in messages][1:] == [("assistant", "the reply")]
     assert messages[1]["context_upto"] == message_id
