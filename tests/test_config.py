@@ -180,6 +180,7 @@ def test_the_rate_limiter_counts_on_the_master_through_the_sentinels():
 
 def test_rq_settings_give_the_rq_cli_the_sentinels_or_the_url(monkeypatch):
     """What `rq worker -c workers.rq_settings` connects with (rq/cli/helpers.py get_redis_from_config)."""
+    import gc
     import sys
 
     from rq.cli.helpers import get_redis_from_config, read_config_file
@@ -199,6 +200,7 @@ def test_rq_settings_give_the_rq_cli_the_sentinels_or_the_url(monkeypatch):
         finally:
             sys.modules.pop("workers.rq_settings", None)
             jobs.use_services(None)
+            gc.unfreeze()  # the module freezes the heap for the horses a worker forks; not ours
         return settings, get_redis_from_config(settings)
 
     settings, client = rq_connection({"ARZANI_REDIS_SENTINELS": SENTINELS, "ARZANI_REDIS_SENTINEL_MASTER": "arzani",
