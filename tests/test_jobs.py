@@ -189,3 +189,67 @@ def test_a_client_retry_enqueues_a_job_that_was_lost(api, services, run_jobs):
     assert services.queue.get_job_ids() == [first["job_id"]]
     run_jobs()
     assert api.get(f"/api/conversations/{first['conversation_id']}").json["messages"][0]["status"] == "answered"
+
+
+# -- what a reply job costs (issue 15): each horse is a fresh fork, so fixed costs add up --------
+
+class _Counting:
+    """Transactions begun, statements run and statements compiled afresh on an engine."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        self.transactions = self.statements = self.compiled = 0
+        self._engine = engine
+        self._listeners = [(Session, "after_begin", self._begun), (engine, "before_cursor_execute", self._ran)]
+        for target, name, listener in self._listeners:
+            event.listen(target, name, listener)
+
+    def _begun(self, session, transaction, connection):
+        if connection.engine.url == self._engine.url:
+            self.transactions += 1
+
+    def _ran(self, conn, cursor, statement, parameters, context, executemany):
+        self.statements += 1
+        self.compiled += context is not None and context.cache_hit == context.dialect.CACHE_MISS
+
+    def close(self):
+        from sqlalchemy import event
+
+        for target, name, listener in self._listeners:
+            event.remove(target, name, listener)
+
+
+def test_a_reply_is_three_database_transactions(api, services):
+    posted = api.send(new_session_id(), "how many transactions?").json
+    counting = _Counting(jobs.services().db.engine)
+    try:
+        assert jobs.reply(posted["message"]["id"])["attached_for"] == [posted["message"]["id"]]
+    finally:
+        counting.close()
+    # the message, its conversation and its history in one read; the claim; the attach
+    assert counting.transactions == 3
+    assert counting.statements <= 13  # their BEGINs included (19 before issue 15)
+
+
+def test_the_warm_up_commits_nothing_and_leaves_a_job_nothing_to_compile(api, services):
+    from app.models import Conversation, User
+
+    def rows():
+        with services.db.read() as db:
+            return [db.scalar(select(func.count()).select_from(model)) for model in (User, Conversation, Message)]
+
+    posted = api.send(new_session_id(), "warm me").json
+    before = rows()
+    engine = jobs.services().db.engine
+    engine.dispose()
+    jobs.warm_up()  # as the worker's parent does before it forks
+    assert rows() == before
+    assert engine.pool.checkedout() == 0  # nothing open for a fork to inherit
+    counting = _Counting(engine)
+    try:
+        assert jobs.reply(posted["message"]["id"])["attached_for"] == [posted["message"]["id"]]
+    finally:
+        counting.close()
+    assert counting.statements > 0 and counting.compiled == 0

@@ -88,39 +88,44 @@ def _warn_if_not_preloaded(svc: Wiring) -> None:
 
 def warm_up() -> None:
     """Walk a reply's database steps once, in the worker's parent before it forks any work-horse
-    (workers/rq_settings.py), on a private in-memory SQLite database: never the service's, and no
-    Redis. SQLAlchemy builds much of its machinery on first use (mapper configuration, each kind
-    of statement's compile and result plumbing) and a horse is a fresh fork that throws away what
-    it built when its job ends: without this every reply job built it again, the largest part of
-    a job's own time (measured in a forked horse: about 35 ms cold, 8 ms warm). A failure here is
-    logged and the worker starts all the same, only slower."""
-    from app.db import Database
+    (workers/rq_settings.py), inside a transaction of the service's database that is rolled back
+    (Database.rehearsal: nothing is committed, no Redis is touched). SQLAlchemy builds much of its
+    machinery on first use (mapper configuration, each statement's compiled form, cached per
+    engine, its result plumbing) and a horse is a fresh fork that throws away what it built when
+    its job ends: without this every reply job built it all again, the largest part of a job's
+    own time (in a forked horse here: about 35 ms cold, 8 ms warm). A failure is logged and the
+    worker starts all the same, only slower."""
     from app.models import User
 
-    database = Database("sqlite://")  # one connection per thread: one private database
+    svc = services()
     try:
-        database.create_all()
-        svc = dataclasses.make_dataclass("WarmUp", ["db", "settings"])(database, services().settings)
-        with database.write() as db:
-            db.add(User(id=1, name="warm-up"))
-            db.flush()
-            db.add(Conversation(id="warm-up", session_id="warm-up", user_id=1, created_by="warm-up"))
-            db.flush()
-            db.add(Message(conversation_id="warm-up", role=MessageRole.USER, content="warm up",
-                           status=MessageStatus.PENDING, created_at=utcnow()))
-        with database.read() as db:
-            message = db.get(Message, 1)
-            conversation = db.get(Conversation, message.conversation_id)
-            turn = _next_turn(svc, db, conversation.id)
-        held = runs.claim(svc, turn.message_id, "warm-up")
-        runs.renew(svc, held)
-        _store_reply(svc, conversation, held, "warmed", context_upto=turn.message_id)
-        runs.claim(svc, turn.message_id, "warm-up")  # answered now: the refusal's statements too
+        with svc.db.rehearsal() as database:
+            rehearsing = dataclasses.make_dataclass("Rehearsing", ["db", "settings"])(database, svc.settings)
+            with database.write() as db:
+                user = User(name="warm-up", kind="api")
+                db.add(user)
+                db.flush()
+                conversation = Conversation(session_id=f"warm-up-{os.getpid()}", user_id=user.id,
+                                            created_by=process_name(svc.process_kind))
+                db.add(conversation)
+                db.flush()
+                message = Message(conversation_id=conversation.id, role=MessageRole.USER, content="warm up",
+                                  status=MessageStatus.PENDING, created_at=utcnow())
+                db.add(message)
+                db.flush()
+                message_id = message.id
+            # What a job does, in its order: the first read, the claim, a renewal, the attach.
+            with database.read() as db:
+                message = db.get(Message, message_id)
+                conversation = db.get(Conversation, message.conversation_id)
+                turn = _next_turn(rehearsing, db, conversation.id)
+            held = runs.claim(rehearsing, turn.message_id, "warm-up")
+            runs.renew(rehearsing, held)
+            _store_reply(rehearsing, conversation, held, "warmed", context_upto=turn.message_id)
+            runs.claim(rehearsing, turn.message_id, "warm-up")  # answered now: a refused claim's statements
     except Exception as error:
         log.warning("warm-up of the reply path failed: each job builds it instead",
                     extra={"error": repr(error)})
-    finally:
-        database.dispose()
 
 
 def use_services(replacement: Wiring | None) -> None:
