@@ -50,7 +50,8 @@ USER_FIELD = "uid"
 SEEN_FIELD = "seen"
 FENCE_FIELD = "fence"
 """The session hash's fields: the conversation id, its user's id, the last activity (epoch ms),
-and the creation lock's fence counter (app/locks.py increments it)."""
+and the creation lock's fence counter (app/locks.py increments it). The scripts below spell them
+out as they are here."""
 
 LEGACY_FIELDS = ("conversation_id", "user_id", "created_by", "created_at", "last_seen_at")
 """Field names of the hash before the fence moved into it: dropped when a hash is written again."""
