@@ -158,9 +158,9 @@ def post_message(
         return _replayed(services, session_id, existing, content, resolved.how)
     metrics.messages_accepted.inc()
     job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message)
-    _announce_message(services, user_id, session_id, resolved, message_json(message))
-    return PostedMessage(session_id, resolved.conversation_id, message_json(message), job_id, True,
-                         resolved.how)
+    shown = message_json(message)
+    _announce_message(services, user_id, session_id, resolved, shown)
+    return PostedMessage(session_id, resolved.conversation_id, shown, job_id, True, resolved.how)
 
 
 def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict) -> None:

@@ -119,6 +119,24 @@ class Database:
         with self._write_lock, self._write() as session, session.begin():
             yield session
 
+    @contextmanager
+    def rehearsal(self) -> Iterator[Rehearsal]:
+        """A stand-in for this database whose read() and write() sessions all run inside one
+        write transaction that is rolled back at the end (each commit of theirs releases a
+        savepoint): nothing done through it is ever committed. It exists to run a code path's
+        statements once so that this engine caches their compiled forms (workers/jobs.py
+        warm_up), in a process that will fork: its connection is closed and the pool disposed
+        before it returns, so no child inherits either."""
+        try:
+            with self.engine.execution_options(**{_WRITE_OPTION: True}).connect() as connection:
+                transaction = connection.begin()
+                try:
+                    yield Rehearsal(self, connection)
+                finally:
+                    transaction.rollback()
+        finally:
+            self.engine.dispose()
+
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
 
@@ -128,6 +146,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class Rehearsal:
+    """Database.rehearsal()'s stand-in: `read()` and `write()` as the Database's, on one connection
+    whose transaction the rehearsal rolls back."""
+
+    def __init__(self, database: Database, connection):
+        self.url = database.url
+        self.engine = database.engine
+        self.is_sqlite = database.is_sqlite
+        self._connection = connection
+
+    @property
+    def insert(self):
+        return Database.insert.fget(self)
+
+    def _session(self) -> Session:
+        return Session(bind=self._connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    def read(self) -> Session:
+        return self._session()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with self._session() as session, session.begin():
+            yield session
 
 
 def _renew_write_lock(database: weakref.ref) -> None:

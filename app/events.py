@@ -74,6 +74,24 @@ return id
 """
 
 
+# Several appends in one script (Publisher.announce): for each log i, KEYS[i] and ARGV[5i-4..5i]
+# as _APPEND's (maxlen, type, data, ttl_ms, channel); then, if ARGV has one more, KEYS[#logs + 1]
+# is a session's log whose retention starts now, ARGV[last] ms (its reply is attached).
+_APPEND_MANY = """
+local logs = math.floor(#ARGV / 5)
+for i = 1, logs do
+    local a = (i - 1) * 5
+    local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a + 1], '*', 'type', ARGV[a + 2], 'data', ARGV[a + 3])
+    redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
+    redis.call('PUBLISH', ARGV[a + 5], id .. '\\n' .. ARGV[a + 2] .. '\\n' .. ARGV[a + 3])
+end
+if #ARGV > logs * 5 then
+    redis.call('PEXPIRE', KEYS[logs + 1], ARGV[#ARGV])
+end
+return logs
+"""
+
+
 @dataclass(frozen=True)
 class Log:
     key: str
@@ -122,6 +140,7 @@ class Publisher:
         self.redis = redis
         self.retain_ms = int(retain_s * 1000)
         self._append = redis.register_script(_APPEND)
+        self._append_many = redis.register_script(_APPEND_MANY)
 
     def append(self, target: Log, kind: str, data: dict) -> str | None:
         try:
@@ -148,22 +167,26 @@ class Publisher:
 
     def announce(self, *entries: tuple[Log, str, dict], settle: str | None = None) -> None:
         """Append several events (to_session, to_user) in one round trip; with `settle` (a session
-        id), also start that session's retention (its reply is attached). A pipeline of EVALs, not
-        of EVALSHAs: redis-py checks a pipeline's scripts with an extra SCRIPT EXISTS round trip
-        on every execute, and Redis caches the compiled script by its hash all the same."""
-        if _is_cluster(self.redis):  # redis-py's cluster pipeline runs no scripts: one call each
+        id), also start that session's retention (its reply is attached). One script for them all
+        (EVALSHA of a registered script: not a pipeline of EVALs, whose script text is sent and
+        hashed for every entry, nor of EVALSHAs, which redis-py checks with an extra SCRIPT
+        EXISTS round trip on every execute). The logs are in different slots (`{SID}`, `{UID}`):
+        fine on one Redis, refused by a cluster, where each is appended on its own."""
+        if _is_cluster(self.redis):  # the logs live in different slots: one call each
             for target, kind, data in entries:
                 self.append(target, kind, data)
             if settle is not None:
                 self.settle(settle)
             return
-        pipe = self.redis.pipeline(transaction=False)
+        logs, args = [], []
         for target, kind, data in entries:
-            pipe.eval(_APPEND, 1, target.key, target.maxlen, kind, json.dumps(data), target.ttl_ms, target.channel)
+            logs.append(target.key)
+            args += [target.maxlen, kind, json.dumps(data), target.ttl_ms, target.channel]
         if settle is not None:
-            pipe.pexpire(keys.session_log(settle), self.retain_ms)
+            logs.append(keys.session_log(settle))
+            args.append(self.retain_ms)
         try:
-            pipe.execute()
+            self._append_many(keys=logs, args=args)
         except RedisError as error:
             log.warning("events not appended (Redis unavailable): pages catch up from the database",
                         extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})

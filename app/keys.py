@@ -17,18 +17,14 @@ def is_valid_session_id(session_id: object) -> bool:
 
 
 def session_key(session_id: str) -> str:
-    """The tracked hash; its fields are app.sessions.TrackedSession's (that module owns them)."""
+    """The tracked hash; its fields are app.sessions.TrackedSession's (that module owns them),
+    and the lock's fence counter is one of them (app.sessions.FENCE_FIELD): one key per session."""
     return f"{PREFIX}{{{session_id}}}"
 
 
 def lock_key(session_id: str) -> str:
     """The creation lock: holds its owner's random token, set only with SET NX PX."""
     return f"{session_key(session_id)}:lock"
-
-
-def fence_key(session_id: str) -> str:
-    """The fencing counter, incremented by every lock acquisition."""
-    return f"{session_key(session_id)}:fence"
 
 
 def released_channel(session_id: str) -> str:
@@ -75,7 +71,7 @@ def user_events_channel(user_id: int) -> str:
 
 
 def session_id_from_key(key: str) -> str | None:
-    """`arzani:session:{SID}` -> SID; None for the lock, fence and log keys or anything else."""
+    """`arzani:session:{SID}` -> SID; None for the lock, log and run keys or anything else."""
     if key.startswith(PREFIX + "{") and key.endswith("}"):
         return key[len(PREFIX) + 1 : -1]
     return None

@@ -4,16 +4,17 @@ redis-py's Lock already gives what the contract asks for: acquisition is `SET ke
 and release is a Lua script that deletes the key only when it still holds our token. We add three
 things it lacks (see FIELD-NOTES.md):
 
-- a fencing counter (its own key), incremented in the same script as the SET, so each acquisition
-  has a number that a later, stale holder can be told apart by; started from Redis's clock when
-  missing, so that it stays monotonic across the loss of Redis;
+- a fencing counter, a field of a hash the caller names (HINCRBY), incremented in the same script
+  as the SET, so each acquisition has a number that a later, stale holder can be told apart by;
+  started from Redis's clock when missing, so that it stays monotonic across the loss of Redis;
 - `commit(hash_key, fields)`: write the fields into a hash only if the fence is still ours, then
   release, in one script: the holder's result is published and the lock freed in one round trip;
 - a publish on a channel when the holder is done, so that processes that lost the race wake at
   once instead of polling every 100 ms as `Lock.acquire(blocking=True)` does.
 
-Like redis-py's lock it knows nothing of its callers' data: key names, the fields written and the
-payload published are the caller's (app/sessions.py uses it for the per-session creation lock).
+Like redis-py's lock it knows nothing of its callers' data: key names, the fence's hash and field,
+the fields written and the payload published are the caller's (app/sessions.py keeps the fence in
+the session hash it guards, so that a session costs Redis one key, not two).
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ from redis import Redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-# A missing fence (a new session; or Redis restarted empty, or the key expired or was evicted)
+# A missing fence (a new session; or Redis restarted empty, or the hash expired or was evicted)
 # starts from Redis's clock in microseconds, not from 0: a fence handed out before the loss is
 # then never handed out again, so a holder from before a Redis restart cannot pass the check.
+# While the hash lives, HINCRBY only ever moves it up. The hash is given the fence's TTL here
+# (HINCRBY on a missing hash makes one without any): nothing of ours outlives its TTL.
 _ACQUIRE = """
--- KEYS[1] lock, KEYS[2] fence; ARGV[1] token, ARGV[2] lock ttl ms, ARGV[3] fence ttl ms
+-- KEYS[1] lock, KEYS[2] fence's hash; ARGV[1] token, ARGV[2] lock ttl ms, ARGV[3] fence ttl ms,
+-- ARGV[4] fence's field
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    if redis.call('EXISTS', KEYS[2]) == 0 then
+    if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then
         local now = redis.call('TIME')
-        redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+        redis.call('HSET', KEYS[2], ARGV[4], now[1] .. string.format('%06d', tonumber(now[2])))
     end
-    local fence = redis.call('INCR', KEYS[2])
+    local fence = redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
     return fence
 end
@@ -58,12 +62,17 @@ return 1
 # unchanged), then release if we are still the owner, then wake the waiters. One round trip.
 # A holder that stalled past the TTL while another process took the lock writes nothing here.
 _COMMIT = """
--- KEYS[1] lock, KEYS[2] fence, KEYS[3] hash to write
+-- KEYS[1] lock, KEYS[2] fence's hash, KEYS[3] hash to write (may be the fence's hash)
 -- ARGV[1] token, ARGV[2] fence, ARGV[3] hash (and fence) ttl ms, ARGV[4] channel, ARGV[5] payload,
--- ARGV[6..] field, value, field, value...
+-- ARGV[6] fence's field, ARGV[7] how many fields to drop first, ARGV[8..] those fields, then
+-- field, value, field, value...
 local written = 0
-if redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+if redis.call('HGET', KEYS[2], ARGV[6]) == ARGV[2] then
+    local dropping = tonumber(ARGV[7])
+    if dropping > 0 then
+        redis.call('HDEL', KEYS[3], unpack(ARGV, 8, 7 + dropping))
+    end
+    redis.call('HSET', KEYS[3], unpack(ARGV, 8 + dropping))
     redis.call('PEXPIRE', KEYS[3], ARGV[3])
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
     written = 1
@@ -77,8 +86,8 @@ return written
 
 
 class FencedLock(Lock):
-    """A lock at `name` with its fence counter at `fence_name`; waiters listen on `channel`.
-    Not thread-local: one instance is one holder."""
+    """A lock at `name` with its fence counter in field `fence_field` of hash `fence_hash`;
+    waiters listen on `channel`. Not thread-local: one instance is one holder."""
 
     # Each subclass caches its own registered scripts (redis-py keeps them on the class).
     lua_release = None
@@ -88,10 +97,11 @@ class FencedLock(Lock):
     lua_fenced_release = None
     lua_commit = None
 
-    def __init__(self, redis: Redis, name: str, *, fence_name: str, channel: str, ttl_ms: int,
-                 fence_ttl_ms: int):
+    def __init__(self, redis: Redis, name: str, *, fence_hash: str, fence_field: str, channel: str,
+                 ttl_ms: int, fence_ttl_ms: int):
         super().__init__(redis, name, timeout=ttl_ms / 1000, blocking=False, thread_local=False)
-        self.fence_name = fence_name
+        self.fence_hash = fence_hash
+        self.fence_field = fence_field
         self.channel = channel
         self.ttl_ms = ttl_ms
         self.fence_ttl_ms = fence_ttl_ms
@@ -117,8 +127,8 @@ class FencedLock(Lock):
 
     def do_acquire(self, token: str) -> bool:
         fence = self.lua_fenced_acquire(
-            keys=[self.name, self.fence_name],
-            args=[token, self.ttl_ms, self.fence_ttl_ms],
+            keys=[self.name, self.fence_hash],
+            args=[token, self.ttl_ms, self.fence_ttl_ms, self.fence_field],
             client=self.redis,
         )
         if int(fence):
@@ -136,19 +146,22 @@ class FencedLock(Lock):
 
     def fence_is_current(self) -> bool:
         """True while no other process has acquired the lock since we did."""
-        value = self.redis.get(self.fence_name)
+        value = self.redis.hget(self.fence_hash, self.fence_field)
         return value is not None and int(value) == self.fence
 
-    def commit(self, hash_key: str, fields: dict[str, str | int], *, ttl_ms: int, payload: str) -> bool:
+    def commit(self, hash_key: str, fields: dict[str, str | int], *, ttl_ms: int, payload: str,
+               drop: tuple[str, ...] = ()) -> bool:
         """Write `fields` into `hash_key` (expiring after `ttl_ms`, the fence too) if our fence is
-        current, release, and publish `payload` to the waiters. True if written."""
+        current, after removing the fields named in `drop`; release, and publish `payload` to the
+        waiters. True if written."""
         token = self.local.token
         self.local.token = None
         pairs = [item for field_value in fields.items() for item in field_value]
         return bool(
             self.lua_commit(
-                keys=[self.name, self.fence_name, hash_key],
-                args=[token or "", self.fence or 0, ttl_ms, self.channel, payload, *pairs],
+                keys=[self.name, self.fence_hash, hash_key],
+                args=[token or "", self.fence or 0, ttl_ms, self.channel, payload, self.fence_field,
+                      len(drop), *drop, *pairs],
                 client=self.redis,
             )
         )

@@ -165,8 +165,10 @@ def _delete_if_still_orphan(services: Wiring, conversation_id: str, cutoff, has_
 
 def cleanup(services: Wiring, *, older_than: timedelta, dry_run: bool) -> list[str]:
     """Remove orphaned conversations (no user message, older than `older_than`) and Redis
-    leftovers no owner will ever clear (a lock or fence without a TTL). Returns what it removed
-    (or would remove)."""
+    leftovers no owner will ever clear: a lock without a TTL is deleted; a session hash without
+    one (it holds the fence) is given the session TTL instead, so that the fence is not lost; a
+    fence key of the layout before the fence moved into the hash is deleted. Returns what it
+    removed or bounded (or would)."""
     removed = []
     cutoff = utcnow() - older_than
     has_user_message = (select(Message.id).where(Message.conversation_id == Conversation.id,
@@ -185,8 +187,16 @@ def cleanup(services: Wiring, *, older_than: timedelta, dry_run: bool) -> list[s
         for conversation in orphans:
             services.sessions.forget(conversation.session_id, conversation.id)
     for key in services.redis.scan_iter(match=f"{keys.PREFIX}*", count=500):
-        if key.endswith((":lock", ":fence")) and services.redis.pttl(key) == -1:
+        if key.endswith(":fence"):  # the old layout's counter: the fence is in the hash now
+            removed.append(f"redis key {key} (the fence of the old key layout)")
+            if not dry_run:
+                services.redis.delete(key)
+        elif key.endswith(":lock") and services.redis.pttl(key) == -1:
             removed.append(f"redis key {key} (no TTL: nothing would ever clear it)")
             if not dry_run:
                 services.redis.delete(key)
+        elif keys.session_id_from_key(key) is not None and services.redis.pttl(key) == -1:
+            removed.append(f"redis key {key} given a TTL (it had none: nothing would ever clear it)")
+            if not dry_run:
+                services.redis.pexpire(key, services.sessions.session_ttl_ms)
     return removed

@@ -72,10 +72,15 @@ def new_owner() -> str:
 def next_pending(services, conversation_id: str) -> int | None:
     """The earliest pending user message of the conversation: the only one a run may claim."""
     with services.db.read() as db:
-        return db.scalar(
-            select(func.min(Message.id)).where(Message.conversation_id == conversation_id,
-                                               Message.role == MessageRole.USER,
-                                               Message.status == MessageStatus.PENDING))
+        return next_pending_in(db, conversation_id)
+
+
+def next_pending_in(db, conversation_id: str) -> int | None:
+    """next_pending, inside the caller's transaction (a reply's attach looks in its own)."""
+    return db.scalar(
+        select(func.min(Message.id)).where(Message.conversation_id == conversation_id,
+                                           Message.role == MessageRole.USER,
+                                           Message.status == MessageStatus.PENDING))
 
 
 def claim(services, message_id: int, owner: str) -> Claim | str:
@@ -86,14 +91,15 @@ def claim(services, message_id: int, owner: str) -> Claim | str:
     max_attempts = services.settings.reply_retries + 1
     free = (Message.claimed_until.is_(None)) | (Message.claimed_until < now) | (Message.claimed_by == owner)
     with services.db.write() as db:
-        claimed = db.execute(
+        attempt = db.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING,
                    Message.attempts < max_attempts, free)
             .values(attempts=Message.attempts + 1, claimed_by=owner, claimed_until=now + lease)
-        ).rowcount
-        if claimed:
-            return Claim(message_id, db.scalar(select(Message.attempts).where(Message.id == message_id)), owner)
+            .returning(Message.attempts)
+        ).scalar()
+        if attempt is not None:
+            return Claim(message_id, attempt, owner)
         exhausted = db.execute(
             update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.PENDING, free)

@@ -9,8 +9,11 @@ Used by the web side (every message) and the worker side (every reply) alike. It
 - `require_owner(...)` and `status(...)`: whose the session is, and the status view.
 
 This module owns the tracked hash `arzani:session:{SID}`: its field names appear nowhere else
-(`TrackedSession` is the typed value of what it holds). "Another user's session answers exactly
-like a missing one" is one function here, `ensure_owner`.
+(`TrackedSession` is the typed value of what it holds). The names are short because a hash is kept
+for every session of the last `ARZANI_SESSION_TTL` (`cid` conversation id, `uid` user id, `seen`
+last activity in epoch ms), and the lock's fence counter lives in the same hash (`fence`): one
+key per session, about 190 bytes. Who created the conversation, and when, is the database's row.
+"Another user's session answers exactly like a missing one" is one function here, `ensure_owner`.
 
 Fast path: one Lua call reads the tracked hash `arzani:session:{SID}` and renews its TTL. Slow
 path: take the session's lock (`SET NX PX`, fenced, see app/locks.py), look again in Redis and then
@@ -42,28 +45,39 @@ from app.models import Conversation, Message, MessageRole, MessageStatus
 
 log = logging.getLogger("arzani.sessions")
 
-# Reads the tracked hash and, if it names a conversation, renews the hash and the fence counter
-# ("renewed by every message"). One round trip on the hot path. The owner is checked first, inside
-# the script: another user's request renews nothing (no TTL, no last_seen_at).
+CONVERSATION_FIELD = "cid"
+USER_FIELD = "uid"
+SEEN_FIELD = "seen"
+FENCE_FIELD = "fence"
+"""The session hash's fields: the conversation id, its user's id, the last activity (epoch ms),
+and the creation lock's fence counter (app/locks.py increments it). The scripts below spell them
+out as they are here."""
+
+LEGACY_FIELDS = ("conversation_id", "user_id", "created_by", "created_at", "last_seen_at")
+"""Field names of the hash before the fence moved into it: dropped when a hash is written again."""
+
+# Reads the tracked hash and, if it names a conversation, renews it ("renewed by every message"),
+# the fence with it. One round trip on the hot path. The owner is checked first, inside the
+# script: another user's request renews nothing (no TTL, no last activity).
 _TOUCH = """
--- KEYS[1] session hash, KEYS[2] fence; ARGV[1] now ms, ARGV[2] session ttl ms, ARGV[3] caller's user id
-local owner = redis.call('HGET', KEYS[1], 'user_id')
+-- KEYS[1] session hash; ARGV[1] now ms, ARGV[2] session ttl ms, ARGV[3] caller's user id
+local owner = redis.call('HGET', KEYS[1], 'uid')
 if owner and owner ~= ARGV[3] then
     -- another user's session: renew nothing, tell only whose it is (the caller answers 404)
-    return {'user_id', owner}
+    return {'uid', owner}
 end
-if redis.call('HEXISTS', KEYS[1], 'conversation_id') == 1 then
-    redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'cid') == 1 then
+    redis.call('HSET', KEYS[1], 'seen', ARGV[1])
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# Drops the tracked key only if it still names the conversation we mean to forget.
+# Untracks the session only if it still names the conversation we mean to forget. The fence stays
+# (and the hash with it, until its TTL): dropping it would restart the fence from Redis's clock.
 _FORGET = """
-if redis.call('HGET', KEYS[1], 'conversation_id') == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+if redis.call('HGET', KEYS[1], 'cid') == ARGV[1] then
+    return redis.call('HDEL', KEYS[1], 'cid', 'uid', 'seen')
 end
 return 0
 """
@@ -76,9 +90,8 @@ class TrackedSession:
 
     conversation_id: str | None = None
     user_id: int | None = None
-    created_by: str | None = None  # process that created the conversation: web:HOST:PID
-    created_at_ms: int | None = None
     last_seen_at_ms: int | None = None
+    fence: int | None = None  # the creation lock's last fence (written by app/locks.py only)
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> TrackedSession:
@@ -86,14 +99,13 @@ class TrackedSession:
             value = fields.get(name)
             return int(value) if value else None
 
-        return cls(conversation_id=fields.get("conversation_id"), user_id=number("user_id"),
-                   created_by=fields.get("created_by"), created_at_ms=number("created_at"),
-                   last_seen_at_ms=number("last_seen_at"))
+        return cls(conversation_id=fields.get(CONVERSATION_FIELD), user_id=number(USER_FIELD),
+                   last_seen_at_ms=number(SEEN_FIELD), fence=number(FENCE_FIELD))
 
     def to_hash(self) -> dict[str, str | int]:
-        fields = {"conversation_id": self.conversation_id, "user_id": self.user_id,
-                  "created_by": self.created_by, "created_at": self.created_at_ms,
-                  "last_seen_at": self.last_seen_at_ms}
+        """The fields a commit writes (never the fence: only the lock's scripts move it)."""
+        fields = {CONVERSATION_FIELD: self.conversation_id, USER_FIELD: self.user_id,
+                  SEEN_FIELD: self.last_seen_at_ms}
         return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -154,10 +166,7 @@ class SessionService:
     def touch(self, session_id: str, user_id: int) -> TrackedSession:
         """What Redis tracks, renewed if it is `user_id`'s; another user's session comes back
         with only its `user_id` and is not renewed."""
-        flat = self._touch(
-            keys=[keys.session_key(session_id), keys.fence_key(session_id)],
-            args=[now_ms(), self.session_ttl_ms, user_id],
-        )
+        flat = self._touch(keys=[keys.session_key(session_id)], args=[now_ms(), self.session_ttl_ms, user_id])
         return TrackedSession.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def tracked(self, session_id: str) -> tuple[TrackedSession, int, int]:
@@ -171,19 +180,19 @@ class SessionService:
 
     def tracked_conversation_id(self, session_id: str) -> str | None:
         """The conversation Redis names for the session (one command, renewing nothing)."""
-        return self.redis.hget(keys.session_key(session_id), "conversation_id")
+        return self.redis.hget(keys.session_key(session_id), CONVERSATION_FIELD)
 
     def lock(self, session_id: str, ttl_ms: int | None = None) -> FencedLock:
         """The session's creation lock (not yet acquired)."""
-        return FencedLock(self.redis, keys.lock_key(session_id), fence_name=keys.fence_key(session_id),
-                          channel=keys.released_channel(session_id), ttl_ms=ttl_ms or self.lock_ttl_ms,
-                          fence_ttl_ms=self.session_ttl_ms)
+        return FencedLock(self.redis, keys.lock_key(session_id), fence_hash=keys.session_key(session_id),
+                          fence_field=FENCE_FIELD, channel=keys.released_channel(session_id),
+                          ttl_ms=ttl_ms or self.lock_ttl_ms, fence_ttl_ms=self.session_ttl_ms)
 
     def commit(self, lock: FencedLock, session_id: str, tracked: TrackedSession) -> bool:
         """Write `tracked` as the session's hash if the lock's fence is still current, release the
         lock and wake the waiters with `conversation_id|user_id`. True if written."""
         return lock.commit(keys.session_key(session_id), tracked.to_hash(), ttl_ms=self.session_ttl_ms,
-                           payload=f"{tracked.conversation_id}|{tracked.user_id}")
+                           payload=f"{tracked.conversation_id}|{tracked.user_id}", drop=LEGACY_FIELDS)
 
     def reserve(self, session_id: str, user_id: int) -> None:
         """Claim a server-minted session id for its user before any conversation exists.
@@ -199,10 +208,8 @@ class SessionService:
         # Not a transaction: the id was just minted at random, nobody else knows it yet.
         pipe = self.redis.pipeline(transaction=False)
         key = keys.session_key(session_id)
-        stamp = now_ms()
-        for name, value in TrackedSession(user_id=user_id, created_at_ms=stamp).to_hash().items():
-            pipe.hsetnx(key, name, value)
-        pipe.hset(key, "last_seen_at", stamp)
+        pipe.hsetnx(key, USER_FIELD, user_id)
+        pipe.hset(key, SEEN_FIELD, now_ms())
         pipe.pexpire(key, self.session_ttl_ms)
         pipe.execute()
 
@@ -222,7 +229,7 @@ class SessionService:
         held = [m for m in self.redis.zrange(reserved, 0, -1) if m != session_id]
         pipe = self.redis.pipeline(transaction=False)
         for member in held:
-            pipe.hmget(keys.session_key(member), "conversation_id", "user_id")
+            pipe.hmget(keys.session_key(member), CONVERSATION_FIELD, USER_FIELD)
         # used (it has a conversation) or gone (expired, deleted): no longer a reservation
         done = [m for m, (conversation, owner) in zip(held, pipe.execute(), strict=True)
                 if conversation is not None or owner is None]
@@ -395,12 +402,7 @@ class SessionService:
     def _track(self, lock: FencedLock, conversation: Conversation) -> bool:
         """Track `conversation` in the session hash (if the fence is still ours) and release."""
         return self.commit(lock, conversation.session_id, TrackedSession(
-            conversation_id=conversation.id,
-            user_id=conversation.user_id,
-            created_by=conversation.created_by,
-            created_at_ms=int(conversation.created_at.timestamp() * 1000),
-            last_seen_at_ms=now_ms(),
-        ))
+            conversation_id=conversation.id, user_id=conversation.user_id, last_seen_at_ms=now_ms()))
 
     def repair(self, session_id: str, *, replacing: str | None) -> bool:
         """Make the tracked key say what the database says now. True if the key agrees with it.
@@ -449,7 +451,7 @@ class SessionService:
         With `claim` (a client about to use the session: listening before its first message), an
         id nobody has yet is reserved for `user_id` instead, so that nobody else can then use or
         listen to it; another user's session is NotFound all the same."""
-        owner = self.redis.hget(keys.session_key(session_id), "user_id")
+        owner = self.redis.hget(keys.session_key(session_id), USER_FIELD)
         if owner is None:
             with self.db.read() as db:
                 owners = db.scalars(select(Conversation.user_id).where(Conversation.session_id == session_id)).all()
@@ -457,7 +459,7 @@ class SessionService:
                 ensure_owner(owners, user_id, known=True)
                 return
             self.reserve(session_id, user_id)  # HSETNX: of two racing claims the first stays
-            owner = self.redis.hget(keys.session_key(session_id), "user_id")
+            owner = self.redis.hget(keys.session_key(session_id), USER_FIELD)
             if owner is not None and int(owner) != user_id:
                 self.redis.zrem(keys.user_reservations(user_id), session_id)  # lost the race: not ours
         ensure_owner([int(owner)] if owner is not None else [], user_id, known=True)
@@ -473,7 +475,8 @@ class SessionService:
         """What Redis and the database each believe about a session, and whether they agree.
 
         With `user_id` (the API), a session of another user (or of nobody) is NotFound, and the
-        creating process (host name and pid) is left out: it is for operators, who pass None.
+        creating process (host name and pid, from the database) and the lock's fence are left
+        out: they are for operators, who pass None.
         """
         tracked, ttl_ms, lock_ttl_ms = self.tracked(session_id)
         with self.db.read() as db:
@@ -493,9 +496,7 @@ class SessionService:
             "ttl_ms": ttl_ms if ttl_ms >= 0 else None,
             "last_seen_at": tracked.last_seen_at_ms,
         }
-        if user_id is None:
-            tracked_view["created_by"] = tracked.created_by
-        return {
+        view = {
             "session_id": session_id,
             "conversation_id": database_conversation,
             "tracked": tracked_view,
@@ -503,4 +504,8 @@ class SessionService:
             "consistent": tracked.conversation_id == database_conversation,
             "pending_replies": pending,
         }
+        if user_id is None:
+            view["created_by"] = live.created_by if live else None
+            view["fence"] = tracked.fence
+        return view
 

@@ -125,10 +125,7 @@ def sessions_show(ctx: Context, session_id: str) -> None:
         raise click.BadParameter("session ids match ^[A-Za-z0-9_-]{8,128}$", param_hint="SESSION_ID")
     if not ctx.services.sessions.known(session_id):
         raise click.ClickException(f"no such session: {session_id} (neither Redis nor the database knows it)")
-    status = ctx.services.sessions.status(session_id)
-    fence = ctx.services.redis.get(keys.fence_key(session_id))
-    status["fence"] = int(fence) if fence is not None else None
-    dump_json(status)
+    dump_json(ctx.services.sessions.status(session_id))  # the operator's view: with the fence
 
 
 @cli.command("sweep")

@@ -170,8 +170,10 @@ class Stack:
 
     def create_user(self, name: str) -> str:
         """`arzani users create NAME` as an operator would run it; returns the token."""
-        out = subprocess.run([str(BIN / "arzani"), "users", "create", name], env=self.env,
-                             check=True, capture_output=True, text=True).stdout
+        done = subprocess.run([str(BIN / "arzani"), "users", "create", name], env=self.env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = done.stdout
         return out.strip().splitlines()[-1]
 
     def init_db(self) -> None:

@@ -54,3 +54,27 @@ def test_status_shows_redis_and_database_agree(api, run_jobs):
     assert status["pending_replies"] == 1
     run_jobs()
     assert api.get(f"/api/sessions/{session_id}").json["pending_replies"] == 0
+
+
+def test_a_message_to_a_known_session_is_two_round_trips_of_ours(api, services, monkeypatch):
+    """Beyond RQ's enqueue (its own client, bytes): the session hash read and renewed in one
+    script, and the announcements to the session's and the user's logs in one more (issue 15)."""
+    from redis.connection import Connection
+
+    session_id = new_session_id()
+    assert api.send(session_id, "first").status_code == 202
+    sent = []
+    real = Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        if self.encoder.decode_responses:  # our client (str); RQ's is bytes
+            sent.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    assert api.send(session_id, "second").status_code == 202
+    assert len(sent) == 2
+    from app import keys
+
+    log = services.redis.xrange(keys.session_log(session_id))
+    assert [fields["type"] for _, fields in log][-1] == "message"

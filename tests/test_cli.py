@@ -41,12 +41,12 @@ def test_sessions_show_and_list_report_what_redis_and_the_database_believe(arzan
     assert shown["conversation_id"] == posted["conversation_id"]
     assert shown["tracked"]["conversation_id"] == posted["conversation_id"]
     assert shown["consistent"] is True
-    assert shown["fence"] == int(services.redis.get(keys.fence_key(session_id)))  # one acquisition: its fence
+    assert shown["fence"] == int(services.redis.hget(keys.session_key(session_id), "fence"))  # one acquisition
 
     listing = arzani("sessions", "list").output
     assert session_id in listing and "ok" in listing
 
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "elsewhere")
+    services.redis.hset(keys.session_key(session_id), "cid", "elsewhere")
     mismatched = arzani("sessions", "list", "--inconsistent", "--json").output.strip().splitlines()
     assert [json.loads(line)["session_id"] for line in mismatched] == [session_id]
 

@@ -147,6 +147,7 @@ def test_with_sentinels_redis_url_gives_only_the_masters_credentials_db_and_tls(
         assert (made["username"], made["password"], made["db"], made["decode_responses"]) == (
             "arzani", "s3cret", 2, decoded)
         assert "host" not in made and made["socket_timeout"] == made["socket_connect_timeout"] == 5.0
+        assert made["driver_info"] is None  # no CLIENT SETINFO on connect (test_a_new_connection_...)
     asked = wiring.sentinel.sentinels
     assert [(c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
             for c in asked] == [("sentinel-1", 26379), ("sentinel-2", 26379), ("::1", 26380)]
@@ -179,6 +180,7 @@ def test_the_rate_limiter_counts_on_the_master_through_the_sentinels():
 
 def test_rq_settings_give_the_rq_cli_the_sentinels_or_the_url(monkeypatch):
     """What `rq worker -c workers.rq_settings` connects with (rq/cli/helpers.py get_redis_from_config)."""
+    import gc
     import sys
 
     from rq.cli.helpers import get_redis_from_config, read_config_file
@@ -198,6 +200,7 @@ def test_rq_settings_give_the_rq_cli_the_sentinels_or_the_url(monkeypatch):
         finally:
             sys.modules.pop("workers.rq_settings", None)
             jobs.use_services(None)
+            gc.unfreeze()  # the module freezes the heap for the horses a worker forks; not ours
         return settings, get_redis_from_config(settings)
 
     settings, client = rq_connection({"ARZANI_REDIS_SENTINELS": SENTINELS, "ARZANI_REDIS_SENTINEL_MASTER": "arzani",
@@ -226,3 +229,30 @@ def test_the_readmes_configuration_table_names_every_variable_the_settings_read(
     table = (root / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     assert {"ARZANI_REDIS_SENTINELS", "ARZANI_REDIS_SENTINEL_MASTER", "ARZANI_REDIS_SENTINEL_PASSWORD"} <= read
     assert sorted(name for name in read if f"`{name}`" not in table) == []
+
+
+def test_a_new_connection_of_ours_sends_no_client_setinfo(settings):
+    """A work-horse opens its Redis connections afresh for every job: redis-py's two CLIENT
+    SETINFO round trips per connection were a fixed cost of each reply. Counted by the server."""
+    import redis
+
+    from app.wiring import Wiring
+
+    probe = redis.Redis.from_url(settings.redis_url, driver_info=None)
+
+    def client_commands() -> int:
+        return probe.info("commandstats").get("cmdstat_client", {}).get("calls", 0)
+
+    before = client_commands()
+    wiring = Wiring(settings, process_kind="worker")
+    for client in (wiring.redis, wiring.rq_redis):
+        client.ping()  # a new connection each
+        client.connection_pool.disconnect()
+        client.ping()
+    assert client_commands() == before
+    stock = redis.Redis.from_url(settings.redis_url)
+    stock.ping()  # redis-py's default, for contrast: it does send them
+    assert client_commands() == before + 2
+    stock.close()
+    wiring.close()
+    probe.close()

@@ -75,13 +75,13 @@ def test_a_refused_post_to_another_users_session_renews_nothing(make_api, servic
     alice.send(session_id, "mine")
     key = keys.session_key(session_id)
     services.redis.pexpire(key, 100_000)
-    services.redis.hset(key, "last_seen_at", 1)  # an old last activity, to see whether it moves
+    services.redis.hset(key, "seen", 1)  # an old last activity, to see whether it moves
     assert mallory.send(session_id, "let me in").status_code == 404
     assert mallory.get(f"/api/sessions/{session_id}/events").status_code == 404
     assert services.redis.pttl(key) <= 100_000  # not renewed to the session TTL
-    assert services.redis.hget(key, "last_seen_at") == "1"
+    assert services.redis.hget(key, "seen") == "1"
     alice.send(session_id, "still mine")
-    assert services.redis.pttl(key) > 100_000 and services.redis.hget(key, "last_seen_at") != "1"
+    assert services.redis.pttl(key) > 100_000 and services.redis.hget(key, "seen") != "1"
 
 
 # -- the cookie: browser users only, unique per instance, same-origin for unsafe methods -------
@@ -158,8 +158,10 @@ def test_production_sends_hsts(services):
 def test_the_status_view_keeps_host_and_pid_for_operators(api, services):
     session_id = new_session_id()
     api.send(session_id, "hi")
-    assert "created_by" not in api.get(f"/api/sessions/{session_id}").json["tracked"]
-    assert services.sessions.status(session_id)["tracked"]["created_by"].startswith("web:")
+    seen_by_client = api.get(f"/api/sessions/{session_id}").json
+    assert "created_by" not in seen_by_client and "created_by" not in seen_by_client["tracked"]
+    assert "fence" not in seen_by_client
+    assert services.sessions.status(session_id)["created_by"].startswith("web:")  # the database's
 
 
 def test_a_new_sqlite_database_is_private(tmp_path):

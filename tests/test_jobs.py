@@ -76,8 +76,8 @@ def test_a_run_whose_claim_was_taken_over_attaches_nothing(api, services):
     newer = jobs.runs.claim(services, message_id, "another-run")
     assert (stalled.attempt, newer.attempt) == (1, 2)
     assert not jobs.runs.renew(services, stalled)
-    assert jobs._attach(services, conversation, stalled, "stale text", context_upto=message_id) == "superseded"
-    assert jobs._attach(services, conversation, newer, "the reply", context_upto=message_id) == "attached"
+    assert jobs._attach(services, conversation, stalled, "stale text", context_upto=message_id)[0] == "superseded"
+    assert jobs._attach(services, conversation, newer, "the reply", context_upto=message_id) == ("attached", None)
     messages = api.get(f"/api/conversations/{posted['conversation_id']}").json["messages"]
     assert [(m["role"], m["content"]) for m in messages][1:] == [("assistant", "the reply")]
     assert messages[1]["context_upto"] == message_id
@@ -121,7 +121,7 @@ def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jo
     assert second.status_code == 202
     assert second.headers["Arzani-Session-Resolution"] == "recovered"
     assert second.json["conversation_id"] == first["conversation_id"]
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == first["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == first["conversation_id"]
     run_jobs()
     assert assistant_count(services, first["conversation_id"]) == 2
 
@@ -129,27 +129,27 @@ def test_a_lost_session_key_is_recovered_from_the_database(api, services, run_jo
 def test_worker_repairs_a_session_key_that_names_another_conversation(api, services, run_jobs):
     session_id = new_session_id()
     posted = api.send(session_id, "where will my reply go?").json
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "some-other-conversation")
+    services.redis.hset(keys.session_key(session_id), "cid", "some-other-conversation")
     run_jobs()
     assert assistant_count(services, posted["conversation_id"]) == 1
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == posted["conversation_id"]
 
 
 def test_a_stale_key_on_the_web_side_is_dropped_and_the_database_wins(api, services):
     session_id = new_session_id()
     posted = api.send(session_id, "one").json
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "deleted-or-foreign")
+    services.redis.hset(keys.session_key(session_id), "cid", "deleted-or-foreign")
     again = api.send(session_id, "two")
     assert again.status_code == 202
     assert again.json["conversation_id"] == posted["conversation_id"]
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == posted["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "cid") == posted["conversation_id"]
 
 
 def test_no_reply_resurrects_a_deleted_conversation(api, services, run_jobs):
     session_id = new_session_id()
     posted = api.send(session_id, "forget me").json
     assert api.delete(f"/api/conversations/{posted['conversation_id']}").status_code == 204
-    assert services.redis.exists(keys.session_key(session_id)) == 0
+    assert services.redis.hget(keys.session_key(session_id), "cid") is None  # untracked (the fence stays)
     run_jobs()
     assert assistant_count(services, posted["conversation_id"]) == 0
     fresh = api.send(session_id, "new start").json
@@ -189,3 +189,67 @@ def test_a_client_retry_enqueues_a_job_that_was_lost(api, services, run_jobs):
     assert services.queue.get_job_ids() == [first["job_id"]]
     run_jobs()
     assert api.get(f"/api/conversations/{first['conversation_id']}").json["messages"][0]["status"] == "answered"
+
+
+# -- what a reply job costs (issue 15): each horse is a fresh fork, so fixed costs add up --------
+
+class _Counting:
+    """Transactions begun, statements run and statements compiled afresh on an engine."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        self.transactions = self.statements = self.compiled = 0
+        self._engine = engine
+        self._listeners = [(Session, "after_begin", self._begun), (engine, "before_cursor_execute", self._ran)]
+        for target, name, listener in self._listeners:
+            event.listen(target, name, listener)
+
+    def _begun(self, session, transaction, connection):
+        if connection.engine.url == self._engine.url:
+            self.transactions += 1
+
+    def _ran(self, conn, cursor, statement, parameters, context, executemany):
+        self.statements += 1
+        self.compiled += context is not None and context.cache_hit == context.dialect.CACHE_MISS
+
+    def close(self):
+        from sqlalchemy import event
+
+        for target, name, listener in self._listeners:
+            event.remove(target, name, listener)
+
+
+def test_a_reply_is_three_database_transactions(api, services):
+    posted = api.send(new_session_id(), "how many transactions?").json
+    counting = _Counting(jobs.services().db.engine)
+    try:
+        assert jobs.reply(posted["message"]["id"])["attached_for"] == [posted["message"]["id"]]
+    finally:
+        counting.close()
+    # the message, its conversation and its history in one read; the claim; the attach
+    assert counting.transactions == 3
+    assert counting.statements <= 13  # their BEGINs included (19 before issue 15)
+
+
+def test_the_warm_up_commits_nothing_and_leaves_a_job_nothing_to_compile(api, services):
+    from app.models import Conversation, User
+
+    def rows():
+        with services.db.read() as db:
+            return [db.scalar(select(func.count()).select_from(model)) for model in (User, Conversation, Message)]
+
+    posted = api.send(new_session_id(), "warm me").json
+    before = rows()
+    engine = jobs.services().db.engine
+    engine.dispose()
+    jobs.warm_up()  # as the worker's parent does before it forks
+    assert rows() == before
+    assert engine.pool.checkedout() == 0  # nothing open for a fork to inherit
+    counting = _Counting(engine)
+    try:
+        assert jobs.reply(posted["message"]["id"])["attached_for"] == [posted["message"]["id"]]
+    finally:
+        counting.close()
+    assert counting.statements > 0 and counting.compiled == 0

@@ -91,7 +91,7 @@ def test_rebuilding_a_lost_key_logs_no_warning_but_a_real_disagreement_does(api,
         assert services.sessions.repair(session_id, replacing=services.sessions.tracked_conversation_id(session_id))
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     caplog.clear()
-    services.redis.hset(keys.session_key(session_id), "conversation_id", "another-one")
+    services.redis.hset(keys.session_key(session_id), "cid", "another-one")
     with caplog.at_level(logging.INFO, logger="arzani"):
         assert services.sessions.repair(session_id, replacing=services.sessions.tracked_conversation_id(session_id))
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [

@@ -28,25 +28,25 @@ def arzani(settings, services):
 def test_reconcile_repairs_keys_from_the_database(arzani, api, services):
     mismatched, dangling, untracked, fine = new_session_id(), new_session_id(), new_session_id(), new_session_id()
     posted = {s: api.send(s, "hello").json for s in (mismatched, dangling, untracked, fine)}
-    services.redis.hset(keys.session_key(mismatched), "conversation_id", "not-this-one")
+    services.redis.hset(keys.session_key(mismatched), "cid", "not-this-one")
     api.delete(f"/api/conversations/{posted[dangling]['conversation_id']}")
     services.redis.hset(keys.session_key(dangling), mapping={
-        "conversation_id": posted[dangling]["conversation_id"], "user_id": api.user_id})
+        "cid": posted[dangling]["conversation_id"], "uid": api.user_id})
     services.redis.delete(keys.session_key(untracked))
 
     report = arzani("reconcile")
     assert report.exit_code == 1
     kinds = {line.split()[0]: line.split()[1] for line in report.output.splitlines()[:-1]}
     assert kinds == {"key_mismatch": mismatched, "key_dangling": dangling, "untracked": untracked}
-    assert services.redis.hget(keys.session_key(mismatched), "conversation_id") == "not-this-one"
+    assert services.redis.hget(keys.session_key(mismatched), "cid") == "not-this-one"
 
     fixed = arzani("reconcile", "--fix")
     assert fixed.exit_code == 0, fixed.output
     assert "3 finding(s), 3 fixed" in fixed.output
-    assert services.redis.hget(keys.session_key(mismatched), "conversation_id") == \
+    assert services.redis.hget(keys.session_key(mismatched), "cid") == \
         posted[mismatched]["conversation_id"]
-    assert services.redis.exists(keys.session_key(dangling)) == 0
-    assert services.redis.hget(keys.session_key(untracked), "conversation_id") == \
+    assert services.redis.hget(keys.session_key(dangling), "cid") is None  # untracked (the fence stays)
+    assert services.redis.hget(keys.session_key(untracked), "cid") == \
         posted[untracked]["conversation_id"]
     assert arzani("reconcile").output.strip() == "0 finding(s), 0 fixed"
     statuses = [json.loads(line) for line in arzani("sessions", "list", "--json").output.splitlines()]
@@ -64,7 +64,7 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
         twin = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:legacy:9",
                             created_at=utcnow() + timedelta(seconds=1))
         db.add(twin)
-    services.redis.hset(keys.session_key(session_id), "conversation_id", twin.id)
+    services.redis.hset(keys.session_key(session_id), "cid", twin.id)
     second = api.send(session_id, "second, in the twin").json
     assert second["conversation_id"] == twin.id
     with services.db.write() as db:  # legacy too: the id was idempotent per conversation then
@@ -85,7 +85,7 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
         ("user", "first "), ("assistant", "Echo: "), ("user", "second"), ("assistant", "Echo: ")]
     assert messages[1].reply_to == messages[0].id and messages[3].reply_to == messages[2].id
     assert live[0].message_count == 4
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == live[0].id
+    assert services.redis.hget(keys.session_key(session_id), "cid") == live[0].id
     with services.db.write() as db:  # and the index can be put back: one live row per session
         db.execute(text("CREATE UNIQUE INDEX uq_conversations_live_session ON conversations "
                         "(session_id) WHERE deleted_at IS NULL"))
@@ -97,8 +97,9 @@ def make_orphan(services, api, session_id: str) -> Conversation:
         orphan = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:gone:1",
                               created_at=utcnow() - timedelta(days=2))
         db.add(orphan)
-    services.redis.hset(keys.session_key(session_id), mapping={"conversation_id": orphan.id,
-                                                               "user_id": api.user_id})
+    services.redis.hset(keys.session_key(session_id), mapping={"cid": orphan.id,
+                                                               "uid": api.user_id})
+    services.redis.pexpire(keys.session_key(session_id), services.sessions.session_ttl_ms)
     return orphan
 
 
@@ -149,22 +150,27 @@ def test_cleanup_removes_orphans_and_leftovers_and_keeps_real_chats(arzani, api,
     orphan_session = new_session_id()
     orphan = make_orphan(services, api, orphan_session)
     services.redis.set(keys.lock_key("leftover-lock"), "token-of-a-dead-process")  # no TTL
+    services.redis.hset(keys.session_key("no-ttl-session"), "fence", 5)  # no TTL: bounded, fence kept
+    services.redis.set(keys.session_key("old-layout") + ":fence", 7)  # the fence key before it moved
     young_session = new_session_id()
     with services.db.write() as db:
         db.add(Conversation(session_id=young_session, user_id=api.user_id, created_by="web:new:1"))
 
     dry = arzani("cleanup", "--older-than", "1d", "--dry-run")
     assert "would remove conversation " + orphan.id in dry.output
-    assert "2 item(s) to remove" in dry.output
+    assert "4 item(s) to remove" in dry.output
     with services.db.read() as db:
         assert db.get(Conversation, orphan.id) is not None
 
     done = arzani("cleanup", "--older-than", "1d")
-    assert "2 item(s) removed" in done.output, done.output
+    assert "4 item(s) removed" in done.output, done.output
     with services.db.read() as db:
         assert db.get(Conversation, orphan.id) is None
         assert db.get(Conversation, kept["conversation_id"]) is not None
         assert db.scalar(select(func.count()).where(Conversation.session_id == young_session)) == 1
-    assert services.redis.exists(keys.session_key(orphan_session)) == 0
+    assert services.redis.hget(keys.session_key(orphan_session), "cid") is None  # untracked (the fence stays)
     assert services.redis.exists(keys.lock_key("leftover-lock")) == 0
+    assert services.redis.exists(keys.session_key("old-layout") + ":fence") == 0
+    assert services.redis.hget(keys.session_key("no-ttl-session"), "fence") == "5"
+    assert 0 < services.redis.pttl(keys.session_key("no-ttl-session")) <= services.sessions.session_ttl_ms
     assert arzani("cleanup", "--older-than", "bogus").exit_code == 2

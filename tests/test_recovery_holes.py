@@ -64,7 +64,7 @@ def test_the_fence_stays_monotonic_when_redis_restarts_empty_between_two_holders
     assert not before.fence_is_current()
     written = services.sessions.commit(before, session_id, TrackedSession(conversation_id="before", user_id=1))
     assert not written
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == "after"
+    assert services.redis.hget(keys.session_key(session_id), "cid") == "after"
 
 
 def test_a_repair_never_writes_a_conversation_deleted_after_it_was_read(services, api, monkeypatch):
@@ -86,7 +86,7 @@ def test_a_repair_never_writes_a_conversation_deleted_after_it_was_read(services
 
     monkeypatch.setattr(SessionService, "tracked_conversation_id", deleted_just_now)
     jobs.reply(posted["message"]["id"])
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") is None
+    assert services.redis.hget(keys.session_key(session_id), "cid") is None
     monkeypatch.undo()
     again = api.send(session_id, "a new chat in the same session")  # starts a new conversation
     assert again.status_code == 202 and again.json["conversation_id"] != posted["conversation_id"]
@@ -105,10 +105,10 @@ def test_a_post_that_keeps_meeting_a_stale_key_answers_503_not_500(services, api
 
     def forget_then_restore_the_stale_key(self, sid, conversation_id):
         dropped = real_forget(self, sid, conversation_id)
-        self.redis.hset(keys.session_key(sid), "conversation_id", posted["conversation_id"])
+        self.redis.hset(keys.session_key(sid), "cid", posted["conversation_id"])
         return dropped
 
-    services.redis.hset(keys.session_key(session_id), "conversation_id", posted["conversation_id"])
+    services.redis.hset(keys.session_key(session_id), "cid", posted["conversation_id"])
     monkeypatch.setattr(SessionService, "forget", forget_then_restore_the_stale_key)
     response = api.send(session_id, "second")
     assert response.status_code == 503 and response.json["error"]["code"] == "session_busy"

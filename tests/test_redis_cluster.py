@@ -91,7 +91,7 @@ def test_a_sessions_keys_share_one_slot(cluster_services):
     client = cluster_services.redis
     session_id = new_session_id()
     slots = {client.cluster_keyslot(k) for k in (keys.session_key(session_id), keys.lock_key(session_id),
-                                                 keys.fence_key(session_id))}
+                                                 keys.session_log(session_id), keys.run_key(session_id))}
     assert len(slots) == 1
     assert len(client.get_nodes()) == 3
 
@@ -123,7 +123,7 @@ def test_racing_resolutions_on_the_cluster_make_one_conversation(cluster_service
         assert len({r.conversation_id for r in results}) == 1
         assert [r.how for r in results].count("created") == 1
         tracked = cluster_services.redis.hgetall(keys.session_key(session_id))
-        assert tracked["conversation_id"] == results[0].conversation_id
+        assert tracked["cid"] == results[0].conversation_id
 
 
 def test_the_api_runs_on_the_cluster(cluster_services, run_jobs):

@@ -519,7 +519,7 @@ def test_a_failover_in_a_race_of_first_messages_loses_and_splits_nothing(frozen_
 
         # The session keys on the new master: none names another conversation than the database's.
         with deployment.node(deployment.replica_port) as master:
-            tracked = {sid: master.hget(keys.session_key(sid), "conversation_id") for sid in conversations}
+            tracked = {sid: master.hget(keys.session_key(sid), "cid") for sid in conversations}
         wrong = {sid: cid for sid, cid in tracked.items() if cid is not None and cid != conversations[sid]}
         assert wrong == {}, summary
         missing = sum(1 for cid in tracked.values() if cid is None)

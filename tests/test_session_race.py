@@ -123,8 +123,8 @@ def test_racing_processes_and_threads_get_one_conversation_per_session(services,
     assert sorted(per_session) == sorted((s, 1) for s in session_ids)
     for session_id in session_ids:
         tracked = services.redis.hgetall(keys.session_key(session_id))
-        assert tracked["conversation_id"] == next(r[1] for r in seen if r[0] == session_id)
-        assert int(services.redis.get(keys.fence_key(session_id))) >= 1
+        assert tracked["cid"] == next(r[1] for r in seen if r[0] == session_id)
+        assert int(tracked["fence"]) >= 1
 
 
 def _wait_until(predicate, timeout=10.0):
@@ -151,8 +151,7 @@ def test_loser_waits_for_the_holder_and_takes_its_conversation(services, api):
         conversation = Conversation(session_id=session_id, user_id=api.user_id, created_by="web:test:1")
         db.add(conversation)
     assert services.sessions.commit(holder, session_id, TrackedSession(
-        conversation_id=conversation.id, user_id=api.user_id, created_by="web:test:1", created_at_ms=1,
-        last_seen_at_ms=2))
+        conversation_id=conversation.id, user_id=api.user_id, last_seen_at_ms=2))
     waiter.join(10)
     assert outcome["r"].conversation_id == conversation.id
     assert outcome["r"].how == "waited"
@@ -165,7 +164,7 @@ def test_a_dead_holder_is_taken_over_after_its_lock_expires(services, api):
     assert dead.acquire()  # and never released: its process "died"
     resolved = services.sessions.resolve(session_id, api.user_id)
     assert resolved.how == "created"
-    assert int(services.redis.get(keys.fence_key(session_id))) == dead.fence + 1  # one takeover
+    assert int(services.redis.hget(keys.session_key(session_id), "fence")) == dead.fence + 1  # one takeover
     with services.db.read() as db:
         assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
 
@@ -184,8 +183,8 @@ def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api
         services.sessions._find_or_create(stalled, session_id, api.user_id)
     # ...its session hash write is refused, and its release leaves the new owner's lock alone.
     assert not services.sessions.commit(stalled, session_id, TrackedSession(
-        conversation_id="stale", user_id=api.user_id, created_by="x", created_at_ms=1, last_seen_at_ms=1))
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") is None
+        conversation_id="stale", user_id=api.user_id, last_seen_at_ms=1))
+    assert services.redis.hget(keys.session_key(session_id), "cid") is None
     assert services.redis.get(keys.lock_key(session_id)) == newer.local.token.decode()
     with pytest.raises(LockNotOwnedError):
         stalled.acquire()
@@ -196,9 +195,8 @@ def test_a_stalled_holder_cannot_write_after_another_took_the_lock(services, api
     conversation, how = services.sessions._find_or_create(newer, session_id, api.user_id)
     assert how == "created"
     assert services.sessions.commit(newer, session_id, TrackedSession(
-        conversation_id=conversation.id, user_id=api.user_id, created_by=conversation.created_by,
-        created_at_ms=1, last_seen_at_ms=1))
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == conversation.id
+        conversation_id=conversation.id, user_id=api.user_id, last_seen_at_ms=1))
+    assert services.redis.hget(keys.session_key(session_id), "cid") == conversation.id
 
 
 def test_unique_constraint_is_the_last_guard(services, api):
@@ -245,3 +243,56 @@ def test_the_upsert_keeps_a_stale_twin_out_without_an_error(services, api):
     conversation, how = services.sessions._find_or_create(lock, session_id, api.user_id)
     assert (conversation.id, how) == ("the-twin", "recovered")
     lock.release()
+
+
+# -- the fence lives in the session hash --------------------------------------------------------
+
+def test_a_session_is_one_compact_expiring_key_that_holds_its_fence(services, api):
+    """The layout after issue 15: the session hash holds the conversation, the user, the last
+    activity and the lock's fence; no other key of the session stays behind once it is idle."""
+    session_id = new_session_id()
+    posted = api.send(session_id, "one key").json
+    key = keys.session_key(session_id)
+    left = sorted(k for k in services.redis.scan_iter(match=f"{key}*")
+                  if k not in (keys.session_log(session_id), keys.run_key(session_id)))  # a reply's, expiring
+    assert left == [key]
+    fields = services.redis.hgetall(key)
+    assert set(fields) == {"cid", "uid", "seen", "fence"}
+    assert fields["cid"] == posted["conversation_id"] and fields["uid"] == str(api.user_id)
+    assert 0 < services.redis.pttl(key) <= services.sessions.session_ttl_ms
+    assert services.redis.object("encoding", key) in ("listpack", "ziplist")
+    assert services.redis.memory_usage(key, samples=0) <= 200
+
+
+def test_the_fence_only_moves_up_across_lock_expiry_forget_and_a_lost_hash(services, api):
+    session_id = new_session_id()
+    key = keys.session_key(session_id)
+    first = services.sessions.lock(session_id, 200)
+    assert first.acquire()
+    assert int(services.redis.hget(key, "fence")) == first.fence
+    assert 0 < services.redis.pttl(key) <= services.sessions.session_ttl_ms  # made by the acquire: it expires
+    _wait_until(lambda: services.redis.pttl(keys.lock_key(session_id)) == -2)  # expired, never released
+    second = services.sessions.lock(session_id, 5000)
+    assert second.acquire() and second.fence == first.fence + 1
+    assert services.sessions.commit(second, session_id, TrackedSession(conversation_id="c1", user_id=api.user_id))
+    assert services.sessions.forget(session_id, "c1")  # untracked: the fence stays in the hash
+    assert services.redis.hgetall(key) == {"fence": str(second.fence)}
+    third = services.sessions.lock(session_id)
+    assert third.acquire() and third.fence == second.fence + 1
+    third.release()
+    services.redis.delete(key)  # expired or evicted: the fence starts again from Redis's clock, higher
+    fourth = services.sessions.lock(session_id)
+    assert fourth.acquire() and fourth.fence > third.fence
+    fourth.release()
+    assert not third.fence_is_current() and not first.fence_is_current()
+
+
+def test_a_commit_drops_the_fields_of_the_old_layout(services, api):
+    session_id = new_session_id()
+    key = keys.session_key(session_id)
+    services.redis.hset(key, mapping={"conversation_id": "old", "user_id": api.user_id, "created_by": "web:x:1",
+                                      "created_at": 1, "last_seen_at": 1})
+    services.redis.pexpire(key, 60_000)
+    resolved = services.sessions.resolve(session_id, api.user_id)  # the old fields are not read
+    assert resolved.how == "created"
+    assert set(services.redis.hgetall(key)) == {"cid", "uid", "seen", "fence"}

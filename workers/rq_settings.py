@@ -2,7 +2,8 @@
 forks a work-horse per job. Importing the job modules here means every horse inherits them
 already loaded; without it each horse imports Flask, SQLAlchemy and the app afresh, about 0.7 s
 of a job that otherwise takes a few milliseconds (measured with `arzani race`). Nothing here
-connects to anything: connections are made lazily, in the horse (workers/jobs.py).
+connects to the service's database or Redis: connections are made lazily, in the horse
+(workers/jobs.py). The one database it opens is the warm-up's private in-memory one.
 
 It also tells RQ where its Redis is, from the service's own settings (app/config.py): `REDIS_URL`
 (ARZANI_QUEUE_REDIS_URL, else REDIS_URL), or, with ARZANI_REDIS_SENTINELS, the `SENTINEL` dict
@@ -12,6 +13,7 @@ to `rq worker` wins over both."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 import redis
@@ -49,6 +51,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from rq.worker import BaseWorker  # noqa: E402
 
 from app.defaults import RQ_RECONNECT_MAX_S  # noqa: E402
+from app.errors import ConfigurationError  # noqa: E402
 
 BaseWorker.max_connection_wait_time = RQ_RECONNECT_MAX_S
 
@@ -83,10 +86,26 @@ class Redis(redis.Redis):
 import workers.jobs  # noqa: E402  (after the value class: metrics are made at import)
 import workers.maintenance  # noqa: E402, F401
 
-# The wiring too (an engine and Redis clients, not yet connected): each horse inherits it instead
-# of building its own. app/db.py disposes the engine's pool in the child; redis-py pools notice
-# the fork by themselves.
-_settings = workers.jobs.services().settings
+# The wiring too (an engine, Redis clients, the session service and the event publisher, none of
+# them connected yet): each horse inherits them instead of building its own. app/db.py disposes
+# the engine's pool in the child; redis-py pools notice the fork by themselves.
+_services = workers.jobs.services()
+_settings = _services.settings
+try:
+    _services.sessions, _services.events  # noqa: B018  (built now, in the parent)
+except ConfigurationError:
+    pass  # (no Redis URL yet, or a bad DATABASE_URL): the job says so, where RQ records it
+
+# And SQLAlchemy's first-use machinery, built once here on a private database (workers/jobs.py).
+workers.jobs.warm_up()
+
+# Last, everything loaded so far is moved out of the garbage collector's sight (gc.freeze, as the
+# Python docs advise before a fork): a horse's collections then walk only what its job made. A
+# collection over the whole inherited heap (Flask, SQLAlchemy, RQ, the app: hundreds of
+# thousands of objects) costs tens of ms in a job of a few, and writes to every page it walks,
+# which the fork then has to copy.
+gc.collect()
+gc.freeze()
 
 
 def _sentinel(settings) -> dict:

@@ -124,7 +124,7 @@ def test_database_down_is_503_with_nothing_half_written_and_recovers(severable):
         assert client.get("/readyz").status_code == 503
         # The new session's creation failed under the lock: no key names a conversation that
         # was never committed, and the lock was released, not left to expire.
-        assert services.redis.exists(keys.session_key(fresh)) == 0
+        assert services.redis.hget(keys.session_key(fresh), "cid") is None  # untracked (the fence stays)
         assert services.redis.exists(keys.lock_key(fresh)) == 0
     finally:
         restore()

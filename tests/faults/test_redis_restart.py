@@ -29,7 +29,7 @@ def test_after_redis_comes_back_empty_sessions_keep_their_conversations(api, ser
         assert again.headers["Arzani-Session-Resolution"] == "recovered"
         assert again.json["conversation_id"] == first[session_id]["conversation_id"]
         tracked = services.redis.hgetall(keys.session_key(session_id))
-        assert tracked["conversation_id"] == first[session_id]["conversation_id"]
+        assert tracked["cid"] == first[session_id]["conversation_id"]
 
     # The first messages' jobs died with Redis; the sweeper finds exactly those.
     lost = sorted(first[s]["message"]["id"] for s in session_ids)

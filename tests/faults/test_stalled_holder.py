@@ -55,8 +55,8 @@ def test_a_frozen_lock_holder_cannot_split_the_session(api, services, settings):
     assert how in ("waited", "recovered", "tracked")
     with services.db.read() as db:
         assert db.scalar(select(func.count()).where(Conversation.session_id == session_id)) == 1
-    assert services.redis.hget(keys.session_key(session_id), "conversation_id") == conversation_id
+    assert services.redis.hget(keys.session_key(session_id), "cid") == conversation_id
     with services.db.read() as db:
         created_with = db.get(Conversation, conversation_id).creation_fence
     # the takeover's acquisition created it, and nobody acquired the lock after it
-    assert int(services.redis.get(keys.fence_key(session_id))) == created_with
+    assert int(services.redis.hget(keys.session_key(session_id), "fence")) == created_with
