@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -73,13 +73,16 @@ class Sizes:
     """How much each figure measures: `--smoke` exercises every row with tiny sizes."""
 
     rounds: int = 5
+    web_workers: int = 4  # gunicorn processes, as `make run` starts them
     round_trip_messages: int = 50
     handoff_sessions: int = 30
     ingest_sessions: int = 50
-    ingest_messages: int = 1000
+    ingest_messages: int = 600
+    warm_posts: int = 200
     latency_messages: int = 12
-    throughput_messages: int = 60
-    race_sessions: int = 6
+    throughput_messages: int = 40
+    race_sessions: int = 3
+    race_racers: tuple[int, int] = (4, 4)  # processes x threads, on each session's first message
     event_log_tokens: int = 1000
     stream_counts: tuple[int, ...] = (2000, 3000, 3800)
     stream_posts: int = 300
@@ -87,11 +90,12 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(rounds=3, ingest_messages=600, throughput_messages=40, race_sessions=4, stream_counts=(2000,),
-              stream_posts=200, sidebar=(10_000, 100_000))
-SMOKE = Sizes(rounds=2, round_trip_messages=10, handoff_sessions=4, ingest_sessions=5, ingest_messages=40,
-              latency_messages=3, throughput_messages=6, race_sessions=1, event_log_tokens=100,
-              stream_counts=(50,), stream_posts=30, sidebar=(1_000, 2_000))
+QUICK = replace(FULL, rounds=3, ingest_messages=400, throughput_messages=30, race_sessions=2, stream_counts=(2000,),
+                stream_posts=200, sidebar=(10_000, 100_000))
+SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, handoff_sessions=4, ingest_sessions=4,
+              ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3, race_sessions=1,
+              race_racers=(2, 2),
+              event_log_tokens=100, stream_counts=(50,), stream_posts=30, sidebar=(1_000, 2_000))
 
 
 # -- counting Redis round trips ----------------------------------------------------------------
@@ -253,8 +257,12 @@ def cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
-def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, total: int = 1000,
-                 rounds: int = 5) -> None:
+UNSERVED_QUEUE = "arzani-bench-unserved"
+"""The ingest gunicorn's queue: no worker takes its jobs, so the idle workers cost ingest nothing."""
+
+
+def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, total: int = 600,
+                 rounds: int = 5, warm: int = 200) -> None:
     """gunicorn as `make run` starts it (4 gevent processes), 16 client threads, messages spread
     over existing sessions; the baseline endpoint is served by the same gunicorn. Each round posts
     `total` messages to each, in alternating order, and reads the web processes' CPU time (master
@@ -276,8 +284,8 @@ def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, tot
         session_id = session_ids[n % sessions]
         return f"/bench/baseline/{session_id}/{conversation_of[session_id]}"
 
-    _post_many(port, token, ours, min(200, total), 16)  # warm every process
-    _post_many(port, token, baseline, min(200, total), 16)
+    _post_many(port, token, ours, warm, 16)  # warm every process
+    _post_many(port, token, baseline, warm, 16)
     rates: dict = {ours: [], baseline: []}
     cpu_us: dict = {ours: [], baseline: []}
     for r in range(rounds):
@@ -285,8 +293,8 @@ def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, tot
             before = cpu_seconds(web.process.pid)
             rates[path_of].append(_post_many(port, token, path_of, total, 16))
             cpu_us[path_of].append((cpu_seconds(web.process.pid) - before) * 1e6 / total)
-    figures.add_rounds("ingest under gunicorn (4 gevent), accepted messages/s", rates[ours], rates[baseline],
-                       "msg/s", ">= 0.9x")
+    figures.add_rounds(f"ingest under gunicorn ({web.workers} gevent), accepted messages/s", rates[ours],
+                       rates[baseline], "msg/s", ">= 0.9x")
     figures.add_rounds("web CPU per accepted message (gunicorn master + workers)", cpu_us[ours],
                        cpu_us[baseline], "us", "<= 1.3x")
     web.drop_queued_jobs()  # the load left thousands of reply jobs queued, and no worker ran
@@ -299,7 +307,7 @@ class Web:
     def __init__(self, env: dict, app: str, workers: int = 4):
         from scripts.localservers import free_port
 
-        self.env, self.port = env, free_port()
+        self.env, self.port, self.workers = env, free_port(), workers
         self.process = subprocess.Popen(
             [str(BIN / "gunicorn"), "--worker-class", "scripts.gunicorn_worker.GeventWorker",
              "--workers", str(workers), "--worker-connections", "1000", "--graceful-timeout", "1",
@@ -362,9 +370,10 @@ class Workers:
         """Stop workers (warm shutdown: each finishes its job) until `count` are left."""
         from rq import Worker
 
-        while len(self.processes) > count:
-            process = self.processes.pop()
+        stopping, self.processes = self.processes[count:], self.processes[:count]
+        for process in stopping:
             process.send_signal(signal.SIGTERM)
+        for process in stopping:
             process.wait(30)
         started = time.perf_counter()
         while len(Worker.all(connection=services.rq_redis)) > count:  # its registration goes as it exits
@@ -458,7 +467,7 @@ def _post_latencies(port: int, token: str, count: int) -> list[float]:
 
 
 def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, max_connections: int,
-                       counts=(2000, 3000, 3800), posts: int = 300, rounds: int = 5) -> None:
+                       counts=(2000, 3000, 3800), posts: int = 300, rounds: int = 5, warm: int = 50) -> None:
     """Open event streams held against one gunicorn (the Procfile's web, `make run`'s defaults: 4
     gevent processes x 1,000 connections) while a client POSTs messages one after the other; the
     baseline is the POSTs' p99 at an identical gunicorn holding none, measured in the same rounds.
@@ -468,7 +477,7 @@ def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, ma
     holder = StreamHolder(holding.port, token)
     try:
         for web in (holding, idle):
-            _post_latencies(web.port, token, 50)  # warm every process
+            _post_latencies(web.port, token, warm)  # warm every process
         base_clients = len(probe.client_list())
         held, first_verdict = 0, None
         for n, count in enumerate(counts):
@@ -487,8 +496,8 @@ def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, ma
             if n == 0:
                 first_verdict = figures.add_rounds(f"POST p99 with {count:,} open event streams", p99[holding],
                                                    p99[idle], "ms", "<= 1.5x")
-                bound = base_clients + 4 * 2 * max_connections
-                figures.add(f"Redis connections (4 web processes) with {count:,} streams open", clients,
+                bound = base_clients + holding.workers * 2 * max_connections
+                figures.add(f"Redis connections ({holding.workers} web processes) with {count:,} streams open", clients,
                             base_clients, "conn", f"<= {bound} (the pools' bound, 2 x {max_connections} a process)")
                 if first_verdict == "MISS":
                     break
@@ -500,6 +509,7 @@ def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, ma
     finally:
         holder.close()
         holding.drop_queued_jobs()
+        idle.drop_queued_jobs()
         probe.close()
 
 
@@ -588,7 +598,7 @@ def bench_throughput(services, user_id: int, workers: Workers, figures: Figures,
     is not."""
     for count in sorted(counts, reverse=True):
         workers.keep(services, count)
-        _noop_rate(services, workers.env, 2 * count)  # each worker's first horse, and the machine, warm
+        _noop_rate(services, workers.env, count)  # each worker's first horse, and the machine, warm
         rates: dict = {"ours": [], "noop": []}
         for r in range(rounds):
             for kind in in_order(r, "ours", "noop"):
@@ -599,8 +609,8 @@ def bench_throughput(services, user_id: int, workers: Workers, figures: Figures,
                            rates["noop"], "msg/s", ">= 0.8x")
 
 
-def bench_race_load(services, race_token: str, web: Web, figures: Figures, sessions: int = 6,
-                    rounds: int = 5, processes: int = 4, concurrency: int = 8) -> None:
+def bench_race_load(services, race_token: str, web: Web, figures: Figures, sessions: int = 3,
+                    rounds: int = 5, processes: int = 4, concurrency: int = 4) -> None:
     """`arzani race`'s load (scripts/race.py: processes x concurrency racers on each session's
     first message) against the bench's gunicorn and the workers running; messages/s accepted and
     answered (first POST to last reply), beside no-op jobs/s on the same workers, alternating."""
@@ -811,7 +821,8 @@ def _logs_to_file(path: Path) -> Path:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="3 rounds, smaller loads, sidebar at 10k and 100k messages")
 @click.option("--smoke", is_flag=True, help="tiny sizes everywhere: checks every row runs, figures mean little")
-def bench(quick: bool, smoke: bool) -> None:
+@click.option("--rounds", type=click.IntRange(min=1), help="rounds of each timed figure (default 5; --quick 3)")
+def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
     """Print the service's figures, each beside a baseline measured in the same run, with the
     spread of its rounds and a verdict against its target."""
     from app import create_app
@@ -821,6 +832,8 @@ def bench(quick: bool, smoke: bool) -> None:
     from scripts.localservers import EmbeddedRedis
 
     sizes = SMOKE if smoke else QUICK if quick else FULL
+    if rounds is not None:
+        sizes = replace(sizes, rounds=rounds)
     began = time.perf_counter()
     RoundTrips.install()
     embedded = EmbeddedRedis().start()
@@ -854,19 +867,27 @@ def bench(quick: bool, smoke: bool) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         # Two gunicorns start while the in-process figures (exact counts) are measured: one for
         # ingest, the race and the streams held, one idle beside it (the streams' baseline).
-        webs = [Web(env, "scripts.bench_app:create_bench_app()") for _ in range(2)]
+        # Every server starts at once, while the in-process counts (exact, not timed) are measured.
+        # Two gunicorns: one answered by the workers (the race, the streams held), one whose jobs
+        # go to a queue no worker serves (ingest, with the workers idle; the streams' baseline).
+        answered = Web(env, "scripts.bench_app:create_bench_app()", sizes.web_workers)
+        unserved = Web(dict(env, ARZANI_QUEUE=UNSERVED_QUEUE), "scripts.bench_app:create_bench_app()",
+                       sizes.web_workers)
+        webs = [answered, unserved]
+        workers = Workers(env, 4)
         click.echo("measuring Redis round trips...", err=True)
         bench_round_trips(services, client, headers, figures, messages=sizes.round_trip_messages)
         for web in webs:
             web.ready()
+        workers.ready(services)
         click.echo(f"measuring ingest and web CPU under gunicorn ({sizes.rounds} rounds)...", err=True)
-        bench_ingest(webs[0], token, figures, sessions=sizes.ingest_sessions, total=sizes.ingest_messages,
-                     rounds=sizes.rounds)
-        workers = Workers(env, 4).ready(services)
+        bench_ingest(unserved, token, figures, sessions=sizes.ingest_sessions, total=sizes.ingest_messages,
+                     rounds=sizes.rounds, warm=sizes.warm_posts)
         click.echo("measuring a burst of messages with four workers...", err=True)
         bench_burst(services, client, headers, env, figures, rounds=max(3, sizes.rounds) if not smoke else 1)
         click.echo("measuring end to end under `arzani race` load...", err=True)
-        bench_race_load(services, race_token, webs[0], figures, sessions=sizes.race_sessions, rounds=sizes.rounds)
+        bench_race_load(services, race_token, answered, figures, sessions=sizes.race_sessions, rounds=sizes.rounds,
+                        processes=sizes.race_racers[0], concurrency=sizes.race_racers[1])
         click.echo("measuring replies/s with 4, 2 and 1 workers...", err=True)
         bench_throughput(services, user.id, workers, figures, messages=sizes.throughput_messages,
                          rounds=sizes.rounds)
@@ -880,8 +901,9 @@ def bench(quick: bool, smoke: bool) -> None:
         bench_memory(services, figures)
         bench_event_log(services, figures, tokens=sizes.event_log_tokens)
         click.echo("measuring open event streams...", err=True)
-        bench_open_streams(*webs, token, figures, settings.redis_max_connections, counts=sizes.stream_counts,
-                           posts=sizes.stream_posts, rounds=sizes.rounds)
+        bench_open_streams(answered, unserved, token, figures, settings.redis_max_connections,
+                           counts=sizes.stream_counts, posts=sizes.stream_posts, rounds=sizes.rounds,
+                           warm=min(50, sizes.warm_posts))
         for web in webs:
             web.stop()
         webs = []
