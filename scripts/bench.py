@@ -87,6 +87,7 @@ class Sizes:
     stream_counts: tuple[int, ...] = (2000, 3000, 3800)
     stream_posts: int = 300
     sidebar: tuple[int, int] = (10_000, 1_000_000)
+    sidebar_pages: int = 100  # timed per database per round
 
 
 FULL = Sizes()
@@ -95,7 +96,7 @@ QUICK = replace(FULL, rounds=3, ingest_messages=400, throughput_messages=30, rac
 SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, handoff_sessions=4, ingest_sessions=4,
               ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3, race_sessions=1,
               race_racers=(2, 2),
-              event_log_tokens=100, stream_counts=(50,), stream_posts=30, sidebar=(1_000, 2_000))
+              event_log_tokens=100, stream_counts=(50,), stream_posts=30, sidebar=(1_000, 2_000), sidebar_pages=10)
 
 
 # -- counting Redis round trips ----------------------------------------------------------------
@@ -350,6 +351,7 @@ class Workers:
 
     def __init__(self, env: dict, count: int):
         self.env = env
+        self.stopped: list[subprocess.Popen] = []
         self.processes = [subprocess.Popen(
             [str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--path", str(ROOT), "--url", env["REDIS_URL"],
              "--name", f"bench-{n}-{uuid.uuid4().hex[:6]}", env["ARZANI_QUEUE"]],
@@ -373,8 +375,7 @@ class Workers:
         stopping, self.processes = self.processes[count:], self.processes[:count]
         for process in stopping:
             process.send_signal(signal.SIGTERM)
-        for process in stopping:
-            process.wait(30)
+        self.stopped += stopping  # reaped by stop(): a worker deregisters before its last second of teardown
         started = time.perf_counter()
         while len(Worker.all(connection=services.rq_redis)) > count:  # its registration goes as it exits
             _give_up_after(started, "a stopped worker's deregistration", self.env)
@@ -383,12 +384,12 @@ class Workers:
     def stop(self) -> None:
         for process in self.processes:
             process.terminate()
-        for process in self.processes:
+        for process in self.processes + self.stopped:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        self.processes = []
+        self.processes, self.stopped = [], []
 class StreamHolder:
     """Holds many open event streams from one asyncio loop in a thread of its own (one thread
     per stream would measure the bench, not the server)."""
@@ -760,26 +761,35 @@ def _sidebar_database(size: int):
     return services
 
 
-def bench_sidebar(figures: Figures, sizes=(10_000, 1_000_000), rounds: int = 5) -> None:
-    """The first page of 50 of 200 conversations, in a database of `sizes[1]` messages beside one
-    of `sizes[0]`: each round times 30 pages of each (alternating which first), the median each."""
+class SidebarDatabases:
+    """The sidebar figure's two databases, built once (building 1M messages takes a while)."""
+
+    def __init__(self, sizes: tuple[int, int]):
+        self.small, self.large = sizes
+        self.services = {size: _sidebar_database(size) for size in sizes}
+
+    def close(self) -> None:
+        for services in self.services.values():
+            services.close()
+
+
+def bench_sidebar(databases: SidebarDatabases, figures: Figures, rounds: int = 5, pages: int = 100) -> None:
+    """The first page of 50 of 200 conversations, in a database of `large` messages beside one of
+    `small`: each round times `pages` pages of each (alternating which first), the median each."""
     from app.conversations import list_conversations
 
-    small, large = sizes
-    databases = {size: _sidebar_database(size) for size in sizes}
-    for services in databases.values():
+    small, large = databases.small, databases.large
+    for services in databases.services.values():
         list_conversations(services, 1, 50, None)  # warm
     medians: dict = {small: [], large: []}
     for r in range(rounds):
         for size in in_order(r, large, small):
             runs = []
-            for _ in range(30):
+            for _ in range(pages):
                 started = time.perf_counter()
-                list_conversations(databases[size], 1, 50, None)
+                list_conversations(databases.services[size], 1, 50, None)
                 runs.append((time.perf_counter() - started) * 1000)
             medians[size].append(statistics.median(runs))
-    for services in databases.values():
-        services.close()
     figures.add_rounds(f"sidebar page (50 of 200 chats), {large:,} messages", medians[large], medians[small], "ms",
                        f"<= 2x the {small:,} figure")
 
@@ -797,6 +807,10 @@ def bench_memory(services, figures: Figures) -> None:
     figures.add("Redis memory per session: fence counter", statistics.mean(fence), baseline, "bytes")
     per_session = statistics.mean(s + f for s, f in zip(sizes, fence, strict=True))
     figures.add("Redis memory per session: both", per_session, baseline, "bytes", "<= 300")
+
+
+def _this_checkout_first(pythonpath: str) -> str:
+    return os.pathsep.join(dict.fromkeys(p for p in (str(ROOT), *pythonpath.split(os.pathsep)) if p))
 
 
 def _log_file(env: dict):
@@ -849,10 +863,10 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
                ARZANI_MAX_RESERVATIONS="1000000",
                ARZANI_SECRET_KEY="bench", ARZANI_BENCH_LOG=str(log_path),
                # gunicorn and rq import this checkout's code, whatever is installed
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+               PYTHONPATH=_this_checkout_first(os.environ.get("PYTHONPATH", "")))
     figures = Figures()
     webs: list[Web] = []
-    workers = None
+    workers = sidebars = None
     try:
         settings = Settings.from_env(env)
         services = Wiring(settings)
@@ -867,16 +881,19 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         # Two gunicorns start while the in-process figures (exact counts) are measured: one for
         # ingest, the race and the streams held, one idle beside it (the streams' baseline).
-        # Every server starts at once, while the in-process counts (exact, not timed) are measured.
-        # Two gunicorns: one answered by the workers (the race, the streams held), one whose jobs
-        # go to a queue no worker serves (ingest, with the workers idle; the streams' baseline).
+        click.echo("measuring Redis round trips...", err=True)
+        # first, alone: the commands are counted server-wide, and a worker would take the jobs
+        bench_round_trips(services, client, headers, figures, messages=sizes.round_trip_messages)
+        # Every server starts at once, while the sidebar's databases are built (not timed). Two
+        # gunicorns: one answered by the workers (the race, the streams held), one whose jobs go
+        # to a queue no worker serves (ingest, with the workers idle; the streams' baseline).
         answered = Web(env, "scripts.bench_app:create_bench_app()", sizes.web_workers)
         unserved = Web(dict(env, ARZANI_QUEUE=UNSERVED_QUEUE), "scripts.bench_app:create_bench_app()",
                        sizes.web_workers)
         webs = [answered, unserved]
         workers = Workers(env, 4)
-        click.echo("measuring Redis round trips...", err=True)
-        bench_round_trips(services, client, headers, figures, messages=sizes.round_trip_messages)
+        click.echo("building the sidebar's databases while the servers start...", err=True)
+        sidebars = SidebarDatabases(sizes.sidebar)
         for web in webs:
             web.ready()
         workers.ready(services)
@@ -907,10 +924,12 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
         for web in webs:
             web.stop()
         webs = []
-        click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
-        bench_sidebar(figures, sizes=sizes.sidebar, rounds=sizes.rounds)
+        click.echo("measuring the sidebar...", err=True)
+        bench_sidebar(sidebars, figures, rounds=sizes.rounds, pages=sizes.sidebar_pages)
         services.close()
     finally:
+        if sidebars is not None:
+            sidebars.close()
         if workers is not None:
             workers.stop()
         for web in webs:
