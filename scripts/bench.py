@@ -79,20 +79,20 @@ class Sizes:
     ingest_sessions: int = 50
     ingest_messages: int = 600
     warm_posts: int = 200
-    latency_messages: int = 12
-    throughput_messages: int = 40
+    latency_messages: int = 10
+    throughput_messages: int = 30
     race_sessions: int = 3
     race_racers: tuple[int, int] = (4, 4)  # processes x threads, on each session's first message
     event_log_tokens: int = 1000
     stream_counts: tuple[int, ...] = (2000, 3000, 3800)
-    stream_posts: int = 300
+    stream_posts: int = 200
     sidebar: tuple[int, int] = (10_000, 1_000_000)
     sidebar_pages: int = 100  # timed per database per round
 
 
 FULL = Sizes()
-QUICK = replace(FULL, rounds=3, ingest_messages=400, throughput_messages=30, race_sessions=2, stream_counts=(2000,),
-                stream_posts=200, sidebar=(10_000, 100_000))
+QUICK = replace(FULL, rounds=3, ingest_messages=400, throughput_messages=20, race_sessions=2, stream_counts=(2000,),
+                stream_posts=150, sidebar=(10_000, 100_000))
 SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, handoff_sessions=4, ingest_sessions=4,
               ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3, race_sessions=1,
               race_racers=(2, 2),
