@@ -75,6 +75,7 @@ class Sizes:
     rounds: int = 5
     web_workers: int = 4  # gunicorn processes, as `make run` starts them
     round_trip_messages: int = 50
+    burst_rounds: int = 5
     handoff_sessions: int = 30
     ingest_sessions: int = 50
     ingest_messages: int = 600
@@ -91,12 +92,12 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = replace(FULL, rounds=3, ingest_messages=400, throughput_messages=20, race_sessions=2, stream_counts=(2000,),
-                stream_posts=150, sidebar=(10_000, 100_000))
-SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, handoff_sessions=4, ingest_sessions=4,
-              ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3, race_sessions=1,
-              race_racers=(2, 2),
-              event_log_tokens=100, stream_counts=(50,), stream_posts=30, sidebar=(1_000, 2_000), sidebar_pages=10)
+QUICK = replace(FULL, rounds=3, burst_rounds=3, ingest_messages=400, throughput_messages=20, race_sessions=2,
+                stream_counts=(2000,), stream_posts=150, sidebar=(10_000, 100_000))
+SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, burst_rounds=1, handoff_sessions=4,
+              ingest_sessions=4, ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3,
+              race_sessions=1, race_racers=(2, 2), event_log_tokens=100, stream_counts=(50,), stream_posts=30,
+              sidebar=(1_000, 2_000), sidebar_pages=10)
 
 
 # -- counting Redis round trips ----------------------------------------------------------------
@@ -848,7 +849,7 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
     sizes = SMOKE if smoke else QUICK if quick else FULL
     if rounds is not None:
         sizes = replace(sizes, rounds=rounds)
-    began = time.perf_counter()
+    began, load_before = time.perf_counter(), os.getloadavg()[0]
     RoundTrips.install()
     embedded = EmbeddedRedis().start()
     directory = tempfile.mkdtemp(prefix="arzani-bench-")
@@ -879,8 +880,6 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
         user, token = create_api_user(services, "bench")
         _race_user, race_token = create_api_user(services, "bench-race")
         headers = {"Authorization": f"Bearer {token}"}
-        # Two gunicorns start while the in-process figures (exact counts) are measured: one for
-        # ingest, the race and the streams held, one idle beside it (the streams' baseline).
         click.echo("measuring Redis round trips...", err=True)
         # first, alone: the commands are counted server-wide, and a worker would take the jobs
         bench_round_trips(services, client, headers, figures, messages=sizes.round_trip_messages)
@@ -901,7 +900,7 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
         bench_ingest(unserved, token, figures, sessions=sizes.ingest_sessions, total=sizes.ingest_messages,
                      rounds=sizes.rounds, warm=sizes.warm_posts)
         click.echo("measuring a burst of messages with four workers...", err=True)
-        bench_burst(services, client, headers, env, figures, rounds=max(3, sizes.rounds) if not smoke else 1)
+        bench_burst(services, client, headers, env, figures, rounds=sizes.burst_rounds)
         click.echo("measuring end to end under `arzani race` load...", err=True)
         bench_race_load(services, race_token, answered, figures, sessions=sizes.race_sessions, rounds=sizes.rounds,
                         processes=sizes.race_racers[0], concurrency=sizes.race_racers[1])
@@ -913,7 +912,8 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
                             rounds=sizes.rounds)
         workers.stop()
         click.echo("measuring the lock hand-off...", err=True)
-        bench_lock_handoff(services, user.id, figures, sessions=sizes.handoff_sessions, rounds=max(3, sizes.rounds))
+        bench_lock_handoff(services, user.id, figures, sessions=sizes.handoff_sessions,
+                           rounds=max(3, sizes.rounds))  # rounds of one race: cheap, so never fewer than 3
         click.echo("measuring Redis memory and the event log...", err=True)
         bench_memory(services, figures)
         bench_event_log(services, figures, tokens=sizes.event_log_tokens)
@@ -935,5 +935,7 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
         for web in webs:
             web.stop()
         embedded.close()
-    click.echo(f"done in {time.perf_counter() - began:.0f} s", err=True)
+    # the machine's load says how much a run's spreads owe to its neighbours
+    click.echo(f"done in {time.perf_counter() - began:.0f} s (load average {load_before:.1f} at the start, "
+               f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)", err=True)
     figures.print()
