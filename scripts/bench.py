@@ -1,28 +1,36 @@
 """`arzani bench`: the service's figures, each beside a baseline measured in the same run.
 
 Everything runs on this machine against a private embedded redis-server and a throwaway SQLite
-database (or DATABASE_URL with --database-url), so runs are comparable. Figures:
+database (or DATABASE_URL with --database-url), so runs are comparable. A timed figure is measured
+in rounds, ours and its baseline interleaved, their order alternating per round; the table shows
+the median of the rounds' ratios, their spread and a verdict (scripts/benchfigures.py). Figures:
 
 - Redis round trips and commands per message, web side (existing session) and end to end
   (web + reply job), against a bare RQ enqueue + no-op job;
 - lock hand-off: 16 concurrent first messages on one session, the losers' extra wait after the
   winner is done (p50, p99), against the winner's own time;
-- accepted messages/s under gunicorn, against a baseline endpoint that does the same insert and
-  enqueue without session resolution;
+- accepted messages/s under gunicorn, and the web processes' CPU per accepted message, against
+  a baseline endpoint that does the same insert and enqueue without session resolution (the same
+  gunicorn serves both);
 - reply latency with the echo agent (p50, p99) against a no-op RQ job, stock rq worker;
+- replies/s with 1, 2 and 4 stock rq workers (one message per session) against no-op jobs/s on
+  the same workers; messages/s end to end (accepted and answered) under `arzani race` load;
+- agent calls per user message in a burst;
 - sidebar page time at 10k and 1M messages;
 - Redis memory per session (MEMORY USAGE);
 - open event streams: POST p99 while 2,000 streams are open against the `make run` web defaults,
-  beside the POST p99 with none; the Redis connections they cost; the largest count that held;
-  the event log's bytes per token and its retention.
+  beside the POST p99 of an identical server with none; the Redis connections they cost; the
+  largest count that held; the event log's bytes per token and its retention.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,13 +38,18 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 import redis
 from redis.connection import Connection
 
+from scripts.benchfigures import UNSURE, Figures
+
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+"""This checkout: the processes the bench starts import its code, not an installed copy's."""
 
 
 def noop() -> None:
@@ -47,6 +60,44 @@ def pct(values: list[float], q: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(sorted(values), n=100, method="inclusive")[q - 1]
+
+
+def in_order(round_index: int, ours, baseline) -> list:
+    """The two measurements of a round, ours first in even rounds and the baseline first in odd
+    ones: neither is always the one that runs on a warmer (or a busier) machine."""
+    return [ours, baseline] if round_index % 2 == 0 else [baseline, ours]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each figure measures: `--smoke` exercises every row with tiny sizes."""
+
+    rounds: int = 5
+    web_workers: int = 4  # gunicorn processes, as `make run` starts them
+    round_trip_messages: int = 50
+    burst_rounds: int = 5
+    handoff_sessions: int = 30
+    ingest_sessions: int = 50
+    ingest_messages: int = 600
+    warm_posts: int = 200
+    latency_messages: int = 10
+    throughput_messages: int = 30
+    race_sessions: int = 3
+    race_racers: tuple[int, int] = (4, 4)  # processes x threads, on each session's first message
+    event_log_tokens: int = 1000
+    stream_counts: tuple[int, ...] = (2000, 3000, 3800)
+    stream_posts: int = 200
+    sidebar: tuple[int, int] = (10_000, 1_000_000)
+    sidebar_pages: int = 100  # timed per database per round
+
+
+FULL = Sizes()
+QUICK = replace(FULL, rounds=3, burst_rounds=3, ingest_messages=400, throughput_messages=20, race_sessions=2,
+                stream_counts=(2000,), stream_posts=150, sidebar=(10_000, 100_000))
+SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, burst_rounds=1, handoff_sessions=4,
+              ingest_sessions=4, ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3,
+              race_sessions=1, race_racers=(2, 2), event_log_tokens=100, stream_counts=(50,), stream_posts=30,
+              sidebar=(1_000, 2_000), sidebar_pages=10)
 
 
 # -- counting Redis round trips ----------------------------------------------------------------
@@ -71,26 +122,10 @@ def commands_processed(client: redis.Redis) -> int:
     return int(client.info("stats")["total_commands_processed"])
 
 
-class Figures:
-    def __init__(self):
-        self.rows: list[tuple[str, str, str, str]] = []
-
-    def add(self, name: str, value: float, baseline: float | None, unit: str, target: str = "") -> None:
-        ratio = f"{value / baseline:.2f}x" if baseline else "-"
-        shown_baseline = f"{baseline:.2f} {unit}" if baseline is not None else "-"
-        note = f"  (target {target})" if target else ""
-        self.rows.append((name, f"{value:.2f} {unit}", shown_baseline, ratio + note))
-
-    def print(self) -> None:
-        widths = [max(len(r[i]) for r in self.rows + [("figure", "value", "baseline", "ratio")]) for i in range(4)]
-        header = ("figure", "value", "baseline", "ratio")
-        for row in [header, *self.rows]:
-            click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-
-
 # -- the benches -------------------------------------------------------------------------------
 
 def bench_round_trips(services, client, headers, figures: Figures, messages: int = 50) -> None:
+    """Exact counts: no rounds, no spread."""
     from rq import SimpleWorker
 
     probe = redis.Redis.from_url(services.settings.redis_url)
@@ -137,12 +172,15 @@ def _handoff_racer(settings, user_id, session_ids, barrier, results):
     results.put(out)
 
 
-def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 16, rounds: int = 30) -> None:
-    """16 OS processes (as 16 gunicorn workers would be) race each session's first resolution."""
+def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 16, sessions: int = 30,
+                       rounds: int = 3) -> None:
+    """16 OS processes (as 16 gunicorn workers would be) race each session's first resolution.
+    The sessions are cut into `rounds` rounds, a p50 and p99 each; the baseline (the winner's own
+    time) comes from the same races."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    session_ids = [uuid.uuid4().hex for _ in range(rounds)]
+    session_ids = [uuid.uuid4().hex for _ in range(sessions)]
     barrier, results = context.Barrier(racers), context.Queue()
     children = [context.Process(target=_handoff_racer,
                                 args=(services.settings, user_id, session_ids, barrier, results))
@@ -152,15 +190,20 @@ def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 1
     rows = [row for _ in children for row in results.get(timeout=300)]
     for child in children:
         child.join(30)
-    winners, extra = [], []
-    for session_id in session_ids:
-        race = [r for r in rows if r[0] == session_id]
-        winner = next(r for r in race if r[1] == "created")
-        winners.append((winner[3] - winner[2]) / 1e6)
-        extra += [max(0.0, (r[3] - winner[3]) / 1e6) for r in race if r[1] == "waited"]
-    figures.add("lock hand-off: losers' extra wait p50", pct(extra, 50), pct(winners, 50), "ms")
-    figures.add("lock hand-off: losers' extra wait p99", pct(extra, 99), pct(winners, 99), "ms",
-                "<= 5 ms")
+    per_round = max(1, sessions // rounds)
+    figures_of = {50: ([], []), 99: ([], [])}
+    for start in range(0, per_round * rounds, per_round):
+        winners, extra = [], []
+        for session_id in session_ids[start:start + per_round]:
+            race = [r for r in rows if r[0] == session_id]
+            winner = next(r for r in race if r[1] == "created")
+            winners.append((winner[3] - winner[2]) / 1e6)
+            extra += [max(0.0, (r[3] - winner[3]) / 1e6) for r in race if r[1] == "waited"]
+        for q, (ours, base) in figures_of.items():
+            ours.append(pct(extra, q))
+            base.append(pct(winners, q))
+    figures.add_rounds("lock hand-off: losers' extra wait p50", *figures_of[50], "ms")
+    figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 5 ms")
 
 
 def _post_many(port: int, token: str, path_of, total: int, threads: int) -> float:
@@ -194,66 +237,160 @@ def _post_many(port: int, token: str, path_of, total: int, threads: int) -> floa
     return total / (time.perf_counter() - started)
 
 
-def bench_ingest(env: dict, token: str, figures: Figures, sessions: int = 50, total: int = 2000) -> None:
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (gunicorn's master and its workers)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its descendants, from /proc (Linux)."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # the stat file's 14th and 15th fields
+    return total / ticks
+
+
+UNSERVED_QUEUE = "arzani-bench-unserved"
+"""The ingest gunicorn's queue: no worker takes its jobs, so the idle workers cost ingest nothing."""
+
+
+def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, total: int = 600,
+                 rounds: int = 5, warm: int = 200) -> None:
     """gunicorn as `make run` starts it (4 gevent processes), 16 client threads, messages spread
-    over existing sessions; the baseline endpoint is served the same way."""
-    web, port = _start_web(env, "scripts.bench_app:create_bench_app()")
-    try:
-        session_ids = [uuid.uuid4().hex for _ in range(sessions)]
-        conversation_of = {}
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for session_id in session_ids:
-            conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": "start"}),
-                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            conversation_of[session_id] = json.loads(conn.getresponse().read())["conversation_id"]
-        conn.close()
+    over existing sessions; the baseline endpoint is served by the same gunicorn. Each round posts
+    `total` messages to each, in alternating order, and reads the web processes' CPU time (master
+    and workers, /proc) before and after each."""
+    port = web.port
+    session_ids = [uuid.uuid4().hex for _ in range(sessions)]
+    conversation_of = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for session_id in session_ids:
+        conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": "start"}),
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        conversation_of[session_id] = json.loads(conn.getresponse().read())["conversation_id"]
+    conn.close()
 
-        def ours(n):
-            return f"/api/sessions/{session_ids[n % sessions]}/messages"
+    def ours(n):
+        return f"/api/sessions/{session_ids[n % sessions]}/messages"
 
-        def baseline(n):
-            session_id = session_ids[n % sessions]
-            return f"/bench/baseline/{session_id}/{conversation_of[session_id]}"
+    def baseline(n):
+        session_id = session_ids[n % sessions]
+        return f"/bench/baseline/{session_id}/{conversation_of[session_id]}"
 
-        _post_many(port, token, ours, min(200, total), 16)  # warm every process
-        _post_many(port, token, baseline, min(200, total), 16)
-        base_rate = _post_many(port, token, baseline, total, 16)
-        our_rate = _post_many(port, token, ours, total, 16)
-        figures.add("ingest under gunicorn (4 gevent), accepted messages/s", our_rate, base_rate, "msg/s", ">= 0.9x")
-        # The load left thousands of reply jobs queued: drop them before anything waits on the queue.
+    _post_many(port, token, ours, warm, 16)  # warm every process
+    _post_many(port, token, baseline, warm, 16)
+    rates: dict = {ours: [], baseline: []}
+    cpu_us: dict = {ours: [], baseline: []}
+    for r in range(rounds):
+        for path_of in in_order(r, ours, baseline):
+            before = cpu_seconds(web.process.pid)
+            rates[path_of].append(_post_many(port, token, path_of, total, 16))
+            cpu_us[path_of].append((cpu_seconds(web.process.pid) - before) * 1e6 / total)
+    figures.add_rounds(f"ingest under gunicorn ({web.workers} gevent), accepted messages/s", rates[ours],
+                       rates[baseline], "msg/s", ">= 0.9x")
+    figures.add_rounds("web CPU per accepted message (gunicorn master + workers)", cpu_us[ours],
+                       cpu_us[baseline], "us", "<= 1.3x")
+    web.drop_queued_jobs()  # the load left thousands of reply jobs queued, and no worker ran
+
+
+class Web:
+    """gunicorn as the Procfile's `web` runs it with `make run`'s defaults (gevent, 4 processes),
+    serving `app`; started at once, waited for with `ready()` (two start side by side)."""
+
+    def __init__(self, env: dict, app: str, workers: int = 4):
+        from scripts.localservers import free_port
+
+        self.env, self.port, self.workers = env, free_port(), workers
+        self.process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "--worker-class", "scripts.gunicorn_worker.GeventWorker",
+             "--workers", str(workers), "--worker-connections", "1000", "--graceful-timeout", "1",
+             "--no-control-socket", "--chdir", str(ROOT), "--bind", f"127.0.0.1:{self.port}", app],
+            env=env, cwd=ROOT, stdout=_log_file(env), stderr=subprocess.STDOUT)
+
+    def ready(self, timeout_s: float = 60) -> Web:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise click.ClickException(f"gunicorn did not start for the bench; see {self.env['ARZANI_BENCH_LOG']}")
+            time.sleep(0.1)
+
+    def drop_queued_jobs(self) -> None:
         from rq import Queue
 
-        Queue(env["ARZANI_QUEUE"], connection=redis.Redis.from_url(env["REDIS_URL"])).empty()
-    finally:
-        web.terminate()
-        web.wait(30)
+        connection = redis.Redis.from_url(self.env["REDIS_URL"])
+        Queue(self.env["ARZANI_QUEUE"], connection=connection).empty()
+        connection.close()
 
-
-def _start_web(env: dict, app: str, workers: int = 4) -> tuple[subprocess.Popen, int]:
-    """gunicorn as the Procfile's `web` runs it with `make run`'s defaults (gevent, 4 processes)."""
-    from scripts.localservers import free_port
-
-    port = free_port()
-    web = subprocess.Popen([str(BIN / "gunicorn"), "--worker-class", "scripts.gunicorn_worker.GeventWorker",
-                            "--workers", str(workers),
-                            "--worker-connections", "1000", "--graceful-timeout", "1", "--no-control-socket",
-                            "--bind", f"127.0.0.1:{port}", app],
-                           env=env, stdout=_log_file(env), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return web, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            web.terminate()
-            raise click.ClickException(f"gunicorn did not start for the bench; see {env['ARZANI_BENCH_LOG']}")
-        time.sleep(0.1)
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
+class Workers:
+    """Stock `rq worker` processes as the Procfile's `worker` runs them; started together (one
+    start-up for every count the throughput figures need), stopped one by one."""
+
+    def __init__(self, env: dict, count: int):
+        self.env = env
+        self.stopped: list[subprocess.Popen] = []
+        self.processes = [subprocess.Popen(
+            [str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--path", str(ROOT), "--url", env["REDIS_URL"],
+             "--name", f"bench-{n}-{uuid.uuid4().hex[:6]}", env["ARZANI_QUEUE"]],
+            env=env, cwd=ROOT, stdout=_log_file(env), stderr=subprocess.STDOUT) for n in range(count)]
+
+    def ready(self, services, timeout_s: float = 60) -> Workers:
+        """Every worker registered with Redis (it has imported the jobs and listens)."""
+        from rq import Worker
+
+        started = time.perf_counter()
+        while len(Worker.all(connection=services.rq_redis)) < len(self.processes):
+            if any(p.poll() is not None for p in self.processes) or time.perf_counter() - started > timeout_s:
+                raise click.ClickException(f"rq workers did not start; see {self.env['ARZANI_BENCH_LOG']}")
+            time.sleep(0.05)
+        return self
+
+    def keep(self, services, count: int) -> None:
+        """Stop workers (warm shutdown: each finishes its job) until `count` are left."""
+        from rq import Worker
+
+        stopping, self.processes = self.processes[count:], self.processes[:count]
+        for process in stopping:
+            process.send_signal(signal.SIGTERM)
+        self.stopped += stopping  # reaped by stop(): a worker deregisters before its last second of teardown
+        started = time.perf_counter()
+        while len(Worker.all(connection=services.rq_redis)) > count:  # its registration goes as it exits
+            _give_up_after(started, "a stopped worker's deregistration", self.env)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes + self.stopped:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes, self.stopped = [], []
 class StreamHolder:
     """Holds many open event streams from one asyncio loop in a thread of its own (one thread
     per stream would measure the bench, not the server)."""
@@ -309,60 +446,72 @@ class StreamHolder:
         self.thread.join(10)
 
 
-def _post_latencies(port: int, token: str, session_id: str, count: int) -> list[float]:
-    """`count` POSTs one after the other on one keep-alive connection, each timed (ms)."""
+def _post_latencies(port: int, token: str, count: int) -> list[float]:
+    """`count` POSTs one after the other on one keep-alive connection, each timed (ms), in a fresh
+    session (its first message, the one that creates the conversation, untimed): a session holds
+    2,000 messages at most."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    session_id = uuid.uuid4().hex
     timings = []
-    for n in range(count):
+    for n in range(count + 1):
         started = time.perf_counter()
         conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": f"p{n}"}),
                      headers=headers)
         response = conn.getresponse()
         response.read()
-        timings.append((time.perf_counter() - started) * 1000)
+        if n:
+            timings.append((time.perf_counter() - started) * 1000)
         if response.status not in (200, 202):
             raise click.ClickException(f"a POST answered {response.status}")
     conn.close()
     return timings
 
 
-def bench_open_streams(env: dict, token: str, figures: Figures, counts=(2000, 3000, 3800), posts: int = 400) -> None:
-    """Open event streams held against the Procfile's web with `make run`'s defaults (4 gevent
-    processes x 1,000 connections), while a client POSTs messages one after the other."""
-    from rq import Queue
-
-    web, port = _start_web(env, "app:create_app()")
-    probe = redis.Redis.from_url(env["REDIS_URL"])
-    holder = StreamHolder(port, token)
+def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, max_connections: int,
+                       counts=(2000, 3000, 3800), posts: int = 300, rounds: int = 5, warm: int = 50) -> None:
+    """Open event streams held against one gunicorn (the Procfile's web, `make run`'s defaults: 4
+    gevent processes x 1,000 connections) while a client POSTs messages one after the other; the
+    baseline is the POSTs' p99 at an identical gunicorn holding none, measured in the same rounds.
+    The first count is measured in `rounds` rounds; each larger one in one round, only to find the
+    largest count that holds."""
+    probe = redis.Redis.from_url(holding.env["REDIS_URL"])
+    holder = StreamHolder(holding.port, token)
     try:
-        session_id = uuid.uuid4().hex
-        _post_latencies(port, token, session_id, 50)  # warm every process
-        base_p99 = pct(_post_latencies(port, token, session_id, posts), 99)
+        for web in (holding, idle):
+            _post_latencies(web.port, token, warm)  # warm every process
         base_clients = len(probe.client_list())
-        held = 0
+        held, first_verdict = 0, None
         for n, count in enumerate(counts):
             if holder.open(count - len(holder.writers)) < count:
                 click.echo(f"  {count:,} streams: only {len(holder.writers):,} opened "
                            f"({holder.failures[:1]})", err=True)
                 break
-            p99 = pct(_post_latencies(port, token, session_id, posts), 99)
+            p99: dict = {holding: [], idle: []}
+            for r in range(rounds if n == 0 else 1):
+                for web in in_order(r, holding, idle):
+                    p99[web].append(pct(_post_latencies(web.port, token, posts), 99))
             clients = len(probe.client_list())
-            click.echo(f"  {count:,} streams open: POST p99 {p99:.2f} ms, {clients} Redis connections", err=True)
+            ratio = statistics.median(o / b for o, b in zip(p99[holding], p99[idle], strict=True))
+            click.echo(f"  {count:,} streams open: POST p99 {statistics.median(p99[holding]):.2f} ms "
+                       f"({ratio:.2f}x), {clients} Redis connections", err=True)
             if n == 0:
-                figures.add(f"POST p99 with {count:,} open event streams", p99, base_p99, "ms", "<= 1.5x")
-                figures.add(f"Redis connections (4 web processes) with {count:,} streams open", clients,
-                            base_clients, "conn", "a small constant per process")
-            if p99 > 1.5 * base_p99:
+                first_verdict = figures.add_rounds(f"POST p99 with {count:,} open event streams", p99[holding],
+                                                   p99[idle], "ms", "<= 1.5x")
+                bound = base_clients + holding.workers * 2 * max_connections
+                figures.add(f"Redis connections ({holding.workers} web processes) with {count:,} streams open", clients,
+                            base_clients, "conn", f"<= {bound} (the pools' bound, 2 x {max_connections} a process)")
+                if first_verdict == "MISS":
+                    break
+            elif ratio > 1.5:
                 break
             held = count
         figures.add("open event streams held (all ready, POST p99 <= 1.5x)", held, None, "streams",
-                    f">= {counts[0]:,}")
+                    f">= {counts[0]:,}", verdict=UNSURE if first_verdict == UNSURE else None)
     finally:
         holder.close()
-        web.terminate()
-        web.wait(30)
-        Queue(env["ARZANI_QUEUE"], connection=probe).empty()
+        holding.drop_queued_jobs()
+        idle.drop_queued_jobs()
         probe.close()
 
 
@@ -394,132 +543,256 @@ def _give_up_after(started: float, what: str, env: dict) -> None:
                                    f"see {env['ARZANI_BENCH_LOG']}")
 
 
-def bench_reply_latency(services, client, headers, env, figures: Figures, count: int = 60) -> None:
-    """Stock rq worker processes; time from the POST's answer to the reply attached."""
+def _wait_finished(services, env: dict, job_ids: list[str], what: str, started: float) -> float:
+    """Poll RQ's finished-job registry until every job of `job_ids` is in it; the time it was."""
+    from rq.registry import FinishedJobRegistry
+
+    key = FinishedJobRegistry(queue=services.queue).key
+    remaining = list(job_ids)
+    while True:
+        pipe = services.rq_redis.pipeline(transaction=False)
+        for job_id in remaining:
+            pipe.zscore(key, job_id)
+        remaining = [job_id for job_id, score in zip(remaining, pipe.execute(), strict=True) if score is None]
+        now = time.perf_counter()
+        if not remaining:
+            return now
+        _give_up_after(started, what, env)
+        time.sleep(0.003)
+
+
+def _noop_rate(services, env: dict, count: int) -> float:
+    """No-op jobs/s: from the enqueue of `count` of them to the last one finished."""
+    started = time.perf_counter()
+    job_ids = [services.queue.enqueue(noop).id for _ in range(count)]
+    return count / (_wait_finished(services, env, job_ids, f"{count} no-op jobs", started) - started)
+
+
+def _pending_messages(services, user_id: int, count: int) -> list:
+    """`count` user messages, each the first of a session of its own, committed `pending` with no
+    reply job yet (what POST does, less the enqueue)."""
+    from app.conversations import store_user_message
+
+    messages = []
+    for n in range(count):
+        session_id = uuid.uuid4().hex
+        resolved = services.sessions.resolve(session_id, user_id)
+        messages.append(store_user_message(services, resolved.conversation_id, session_id, user_id,
+                                           f"throughput {n}", None))
+    return messages
+
+
+def _reply_rate(services, env: dict, user_id: int, count: int) -> float:
+    """Replies/s: from the enqueue of `count` reply jobs (one message per session: nothing
+    serializes on a session) to the last one finished (its reply committed)."""
+    from app.jobqueue import enqueue_reply
+
+    messages = _pending_messages(services, user_id, count)
+    started = time.perf_counter()
+    job_ids = [enqueue_reply(services.queue, services.settings, message) for message in messages]
+    return count / (_wait_finished(services, env, job_ids, f"{count} replies", started) - started)
+
+
+def bench_throughput(services, user_id: int, workers: Workers, figures: Figures, counts=(4, 2, 1),
+                     messages: int = 60, rounds: int = 5) -> None:
+    """Replies/s with each count of stock rq workers beside no-op jobs/s on the same workers, in
+    alternating rounds. From the most workers to the fewest: stopping one is quick, starting one
+    is not."""
+    for count in sorted(counts, reverse=True):
+        workers.keep(services, count)
+        _noop_rate(services, workers.env, count)  # each worker's first horse, and the machine, warm
+        rates: dict = {"ours": [], "noop": []}
+        for r in range(rounds):
+            for kind in in_order(r, "ours", "noop"):
+                rates[kind].append(_reply_rate(services, workers.env, user_id, messages) if kind == "ours"
+                                   else _noop_rate(services, workers.env, messages))
+        plural = "s" if count > 1 else ""
+        figures.add_rounds(f"replies/s, {count} rq worker{plural} (echo agent, a session each)", rates["ours"],
+                           rates["noop"], "msg/s", ">= 0.8x")
+
+
+def bench_race_load(services, race_token: str, web: Web, figures: Figures, sessions: int = 3,
+                    rounds: int = 5, processes: int = 4, concurrency: int = 4) -> None:
+    """`arzani race`'s load (scripts/race.py: processes x concurrency racers on each session's
+    first message) against the bench's gunicorn and the workers running; messages/s accepted and
+    answered (first POST to last reply), beside no-op jobs/s on the same workers, alternating."""
+    from scripts.race import run_race
+
+    total = processes * concurrency * sessions
+    rates: dict = {"race": [], "noop": []}
+    broken = 0
+    for r in range(rounds):
+        for kind in in_order(r, "race", "noop"):
+            if kind == "noop":
+                rates["noop"].append(_noop_rate(services, web.env, total))
+                continue
+            report = run_race(f"http://127.0.0.1:{web.port}", race_token, processes, sessions, concurrency,
+                              WAIT_LIMIT_S)
+            broken += (report["duplicates"] + report["misplaced_replies"] + report["missing_replies"]
+                       + report["errors"])
+            if report["answered_per_s"] is None:
+                raise click.ClickException(f"the race's replies did not all come: {report}")
+            rates["race"].append(report["answered_per_s"])
+    figures.add_rounds(f"race load ({processes}x{concurrency} racers a session): msg/s accepted and answered",
+                       rates["race"], rates["noop"], "msg/s")
+    figures.add("race load: duplicated, misplaced, missing or refused", broken, None, "msgs", "exactly 0")
+
+
+WAIT_LIMIT_S = 60.0
+"""A reply or a no-op job that takes longer than this is a failure of the run, not a figure."""
+
+
+def _give_up_after(started: float, what: str, env: dict) -> None:
+    if time.perf_counter() - started > WAIT_LIMIT_S:
+        raise click.ClickException(f"{what} did not come within {WAIT_LIMIT_S:.0f} s; "
+                                   f"see {env['ARZANI_BENCH_LOG']}")
+
+
+def bench_reply_latency(services, client, headers, env, figures: Figures, count: int = 12, rounds: int = 5) -> None:
+    """One stock rq worker; time from the POST's answer to the reply attached, beside a no-op
+    job's enqueue to finished. Each round times `count` of each, one after the other, ours and
+    the no-op alternating (the no-op first in odd rounds), in a session of its own."""
     from sqlalchemy import select
 
     from app.models import Message
 
-    worker = subprocess.Popen([str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--url",
-                               env["REDIS_URL"], env["ARZANI_QUEUE"]], env=env,
-                              stdout=_log_file(env), stderr=subprocess.STDOUT)
-    try:
+    def reply_ms(session_id: str, n: int) -> float:
+        posted = client.post(f"/api/sessions/{session_id}/messages", json={"content": f"q{n}"},
+                             headers=headers).json
+        started = time.perf_counter()  # from the 202 (the job is enqueued) to the reply attached
+        while True:
+            with services.db.read() as db:
+                if db.scalar(select(Message.id).where(Message.reply_to == posted["message"]["id"])):
+                    break
+            _give_up_after(started, f"the reply to message {posted['message']['id']}", env)
+            time.sleep(0.002)
+        return (time.perf_counter() - started) * 1000
+
+    def noop_ms(_session_id: str, _n: int) -> float:
+        started = time.perf_counter()
+        job = services.queue.enqueue(noop)
+        while job.get_status(refresh=True) != "finished":
+            _give_up_after(started, "a no-op job", env)
+            time.sleep(0.002)
+        return (time.perf_counter() - started) * 1000
+
+    warm = uuid.uuid4().hex
+    reply_ms(warm, 0)
+    noop_ms(warm, 0)
+    p50: dict = {reply_ms: [], noop_ms: []}
+    p99: dict = {reply_ms: [], noop_ms: []}
+    for r in range(rounds):
         session_id = uuid.uuid4().hex
-        client.post(f"/api/sessions/{session_id}/messages", json={"content": "warm"}, headers=headers)
-        time.sleep(2)  # let the worker start and run the warm-up job before timing
-        ours, base = [], []
+        samples: dict = {reply_ms: [], noop_ms: []}
         for n in range(count):
-            posted = client.post(f"/api/sessions/{session_id}/messages", json={"content": f"q{n}"},
-                                 headers=headers).json
-            started = time.perf_counter()  # from the 202 (the job is enqueued) to the reply attached
-            while True:
-                with services.db.read() as db:
-                    if db.scalar(select(Message.id).where(Message.reply_to == posted["message"]["id"])):
-                        break
-                _give_up_after(started, f"the reply to message {posted['message']['id']}", env)
-                time.sleep(0.002)
-            ours.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            job = services.queue.enqueue(noop)
-            while job.get_status(refresh=True) != "finished":
-                _give_up_after(started, "a no-op job", env)
-                time.sleep(0.002)
-            base.append((time.perf_counter() - started) * 1000)
-        figures.add("reply latency p50 (echo agent)", pct(ours, 50), pct(base, 50), "ms", "<= 1.3x")
-        figures.add("reply latency p99 (echo agent)", pct(ours, 99), pct(base, 99), "ms")
-    finally:
-        worker.terminate()
-        worker.wait(30)
+            for measure in in_order(r, reply_ms, noop_ms):
+                samples[measure].append(measure(session_id, n))
+        for measure, timings in samples.items():
+            p50[measure].append(pct(timings, 50))
+            p99[measure].append(pct(timings, 99))
+    figures.add_rounds("reply latency p50 (echo agent)", p50[reply_ms], p50[noop_ms], "ms", "<= 1.3x")
+    figures.add_rounds("reply latency p99 (echo agent)", p99[reply_ms], p99[noop_ms], "ms")
 
 
-def bench_burst(services, client, headers, env, figures: Figures, messages: int = 10, workers: int = 4,
-                rounds: int = 3) -> None:
+def bench_burst(services, client, headers, env, figures: Figures, messages: int = 10, rounds: int = 3,
+                workers: int = 4) -> None:
     """Agent calls per user message when `messages` are posted at once in one session and
-    `workers` stock rq workers race for their jobs: each generation is claimed before the agent is
-    called, so this is 1.00 (it was up to k(k+1)/2 calls for k messages before issue 12). Counted
-    twice: the attempts the database recorded, and the `start` events of the session's log."""
+    `workers` stock rq workers (running) race for their jobs: each generation is claimed before
+    the agent is called, so this is 1.00 (it was up to k(k+1)/2 calls for k messages before issue
+    12). Counted twice: the attempts the database recorded, and the `start` events of the
+    session's log. An exact count: every round must give 1.00."""
     from sqlalchemy import func, select
 
     from app import keys
     from app.models import Message
 
-    procs = [subprocess.Popen([str(BIN / "rq"), "worker", "-c", "workers.rq_settings", "--url", env["REDIS_URL"],
-                               "--name", f"bench-burst-{n}-{uuid.uuid4().hex[:6]}", env["ARZANI_QUEUE"]], env=env,
-                              stdout=_log_file(env), stderr=subprocess.STDOUT) for n in range(workers)]
-    try:
-        attempts = starts = total = 0
-        for _ in range(rounds):
-            session_id = uuid.uuid4().hex
-            ids = [client.post(f"/api/sessions/{session_id}/messages", json={"content": f"burst {n}"},
-                               headers=headers).json["message"]["id"] for n in range(messages)]
-            started = time.perf_counter()
-            while True:
-                with services.db.read() as db:
-                    pending = db.scalar(select(func.count()).where(Message.id.in_(ids), Message.status == "pending"))
-                if not pending:
-                    break
-                _give_up_after(started, "the burst's replies", env)
-                time.sleep(0.01)
+    attempts, starts = [], []
+    for _ in range(rounds):
+        session_id = uuid.uuid4().hex
+        ids = [client.post(f"/api/sessions/{session_id}/messages", json={"content": f"burst {n}"},
+                           headers=headers).json["message"]["id"] for n in range(messages)]
+        started = time.perf_counter()
+        while True:
             with services.db.read() as db:
-                attempts += db.scalar(select(func.sum(Message.attempts)).where(Message.id.in_(ids)))
-            starts += sum(1 for _, fields in services.redis.xrange(keys.session_log(session_id))
-                          if fields["type"] == "start")
-            total += messages
-        figures.add(f"agent calls / user message, burst of {messages}, {workers} workers", attempts / total, None,
-                    "calls", "exactly 1.00")
-        figures.add("  generations started (start events) / user message", starts / total, None, "starts",
-                    "exactly 1.00")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+                pending = db.scalar(select(func.count()).where(Message.id.in_(ids), Message.status == "pending"))
+            if not pending:
+                break
+            _give_up_after(started, "the burst's replies", env)
+            time.sleep(0.01)
+        with services.db.read() as db:
+            attempts.append(db.scalar(select(func.sum(Message.attempts)).where(Message.id.in_(ids))) / messages)
+        starts.append(sum(1 for _, fields in services.redis.xrange(keys.session_log(session_id))
+                          if fields["type"] == "start") / messages)
+    figures.add_rounds(f"agent calls / user message, burst of {messages}, {workers} workers", attempts, None,
+                       "calls", "exactly 1.00")
+    figures.add_rounds("  generations started (start events) / user message", starts, None, "starts",
+                       "exactly 1.00")
 
 
-def bench_sidebar(figures: Figures, sizes=(10_000, 1_000_000)) -> None:
-    """Each size in a database of its own (SQLite), 200 conversations, the first page of 50."""
+def _sidebar_database(size: int):
+    """A database of its own (SQLite) with 200 conversations and `size` messages."""
     from sqlalchemy import insert
 
     from app.config import Settings
-    from app.conversations import list_conversations
     from app.models import Conversation, Message, User, utcnow
     from app.wiring import Wiring
 
-    timings = {}
-    for size in sizes:
-        directory = tempfile.mkdtemp(prefix="arzani-bench-sidebar-")
-        services = Wiring(Settings(redis_url=None, database_url=f"sqlite:///{directory}/s.db"))
-        services.db.create_all()
-        conversations, per = 200, size // 200
-        now = utcnow()
-        with services.db.write() as db:
-            db.add(User(id=1, name="bench"))
-            db.flush()
-            db.execute(insert(Conversation), [
-                {"id": f"c{c:05d}", "user_id": 1, "session_id": f"s{c:08d}", "title": f"chat {c}",
-                 "created_at": now, "updated_at": now, "created_by": "bench", "creation_fence": 0,
-                 "message_count": per} for c in range(conversations)])
-            batch = []
-            for c in range(conversations):
-                for m in range(per):
-                    batch.append({"conversation_id": f"c{c:05d}", "role": "user", "content": f"message {m}",
-                                  "status": "answered", "created_at": now})
-                if len(batch) >= 50_000:
-                    db.execute(insert(Message), batch)
-                    batch = []
-            if batch:
+    directory = tempfile.mkdtemp(prefix="arzani-bench-sidebar-")
+    services = Wiring(Settings(redis_url=None, database_url=f"sqlite:///{directory}/s.db"))
+    services.db.create_all()
+    conversations, per = 200, size // 200
+    now = utcnow()
+    with services.db.write() as db:
+        db.add(User(id=1, name="bench"))
+        db.flush()
+        db.execute(insert(Conversation), [
+            {"id": f"c{c:05d}", "user_id": 1, "session_id": f"s{c:08d}", "title": f"chat {c}",
+             "created_at": now, "updated_at": now, "created_by": "bench", "creation_fence": 0,
+             "message_count": per} for c in range(conversations)])
+        batch = []
+        for c in range(conversations):
+            for m in range(per):
+                batch.append({"conversation_id": f"c{c:05d}", "role": "user", "content": f"message {m}",
+                              "status": "answered", "created_at": now})
+            if len(batch) >= 50_000:
                 db.execute(insert(Message), batch)
+                batch = []
+        if batch:
+            db.execute(insert(Message), batch)
+    return services
+
+
+class SidebarDatabases:
+    """The sidebar figure's two databases, built once (building 1M messages takes a while)."""
+
+    def __init__(self, sizes: tuple[int, int]):
+        self.small, self.large = sizes
+        self.services = {size: _sidebar_database(size) for size in sizes}
+
+    def close(self) -> None:
+        for services in self.services.values():
+            services.close()
+
+
+def bench_sidebar(databases: SidebarDatabases, figures: Figures, rounds: int = 5, pages: int = 100) -> None:
+    """The first page of 50 of 200 conversations, in a database of `large` messages beside one of
+    `small`: each round times `pages` pages of each (alternating which first), the median each."""
+    from app.conversations import list_conversations
+
+    small, large = databases.small, databases.large
+    for services in databases.services.values():
         list_conversations(services, 1, 50, None)  # warm
-        runs = []
-        for _ in range(30):
-            started = time.perf_counter()
-            list_conversations(services, 1, 50, None)
-            runs.append((time.perf_counter() - started) * 1000)
-        timings[size] = statistics.median(runs)
-        services.close()
-    small, large = sizes
-    figures.add(f"sidebar page (50 of 200 chats), {large:,} messages", timings[large], timings[small], "ms",
-                "<= 2x the 10k figure")
+    medians: dict = {small: [], large: []}
+    for r in range(rounds):
+        for size in in_order(r, large, small):
+            runs = []
+            for _ in range(pages):
+                started = time.perf_counter()
+                list_conversations(databases.services[size], 1, 50, None)
+                runs.append((time.perf_counter() - started) * 1000)
+            medians[size].append(statistics.median(runs))
+    figures.add_rounds(f"sidebar page (50 of 200 chats), {large:,} messages", medians[large], medians[small], "ms",
+                       f"<= 2x the {small:,} figure")
 
 
 def bench_memory(services, figures: Figures) -> None:
@@ -546,6 +819,10 @@ def bench_memory(services, figures: Figures) -> None:
     figures.add("session hashes without a TTL", without_ttl, None, "keys", "0")
 
 
+def _this_checkout_first(pythonpath: str) -> str:
+    return os.pathsep.join(dict.fromkeys(p for p in (str(ROOT), *pythonpath.split(os.pathsep)) if p))
+
+
 def _log_file(env: dict):
     """The bench's log file, appended to by a process it starts (the path is in env)."""
     return open(env["ARZANI_BENCH_LOG"], "ab")  # noqa: SIM115 - handed to the child process
@@ -566,21 +843,27 @@ def _logs_to_file(path: Path) -> Path:
 
 
 @click.command("bench")
-@click.option("--quick", is_flag=True, help="sidebar at 10k and 100k messages instead of 10k and 1M")
-@click.option("--smoke", is_flag=True, help="tiny sizes everywhere: checks the command runs, figures mean little")
-def bench(quick: bool, smoke: bool) -> None:
-    """Print the service's figures, each beside a baseline measured in the same run."""
+@click.option("--quick", is_flag=True, help="3 rounds, smaller loads, sidebar at 10k and 100k messages")
+@click.option("--smoke", is_flag=True, help="tiny sizes everywhere: checks every row runs, figures mean little")
+@click.option("--rounds", type=click.IntRange(min=1), help="rounds of each timed figure (default 5; --quick 3)")
+def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
+    """Print the service's figures, each beside a baseline measured in the same run, with the
+    spread of its rounds and a verdict against its target."""
     from app import create_app
     from app.auth import create_api_user
     from app.config import Settings
     from app.wiring import Wiring
     from scripts.localservers import EmbeddedRedis
 
+    sizes = SMOKE if smoke else QUICK if quick else FULL
+    if rounds is not None:
+        sizes = replace(sizes, rounds=rounds)
+    began, load_before = time.perf_counter(), os.getloadavg()[0]
     RoundTrips.install()
     embedded = EmbeddedRedis().start()
     directory = tempfile.mkdtemp(prefix="arzani-bench-")
     log_path = _logs_to_file(Path(directory) / "bench.log")
-    click.echo(f"logs (RQ's and ours): {log_path}", err=True)
+    click.echo(f"logs (RQ's, gunicorn's and ours): {log_path}", err=True)
     env = dict(os.environ, REDIS_URL=embedded.url, DATABASE_URL=f"sqlite:///{directory}/bench.db",
                ARZANI_QUEUE="arzani-bench", ARZANI_LOG_LEVEL="WARNING", ARZANI_RATE_LIMIT="off",
                ARZANI_RATE_LIMIT_IP="off",
@@ -588,8 +871,12 @@ def bench(quick: bool, smoke: bool) -> None:
                # its first message (a reservation each): no per-user or per-address cap
                ARZANI_MAX_STREAMS_PER_USER="100000", ARZANI_MAX_STREAMS_PER_IP="100000",
                ARZANI_MAX_RESERVATIONS="1000000",
-               ARZANI_SECRET_KEY="bench", ARZANI_BENCH_LOG=str(log_path))
+               ARZANI_SECRET_KEY="bench", ARZANI_BENCH_LOG=str(log_path),
+               # gunicorn and rq import this checkout's code, whatever is installed
+               PYTHONPATH=_this_checkout_first(os.environ.get("PYTHONPATH", "")))
     figures = Figures()
+    webs: list[Web] = []
+    workers = sidebars = None
     try:
         settings = Settings.from_env(env)
         services = Wiring(settings)
@@ -600,27 +887,64 @@ def bench(quick: bool, smoke: bool) -> None:
         app = create_app({"TESTING": True}, services=services)
         client = app.test_client()
         user, token = create_api_user(services, "bench")
+        _race_user, race_token = create_api_user(services, "bench-race")
         headers = {"Authorization": f"Bearer {token}"}
         click.echo("measuring Redis round trips...", err=True)
-        bench_round_trips(services, client, headers, figures, messages=10 if smoke else 50)
-        click.echo("measuring the lock hand-off...", err=True)
-        bench_lock_handoff(services, user.id, figures, rounds=3 if smoke else 30)
-        click.echo("measuring ingest under gunicorn...", err=True)
-        bench_ingest(env, token, figures, sessions=5 if smoke else 50, total=100 if smoke else 2000)
-        click.echo("measuring reply latency...", err=True)
-        bench_reply_latency(services, client, headers, env, figures, count=5 if smoke else 60)
+        # first, alone: the commands are counted server-wide, and a worker would take the jobs
+        bench_round_trips(services, client, headers, figures, messages=sizes.round_trip_messages)
+        # Every server starts at once, while the sidebar's databases are built (not timed). Two
+        # gunicorns: one answered by the workers (the race, the streams held), one whose jobs go
+        # to a queue no worker serves (ingest, with the workers idle; the streams' baseline).
+        answered = Web(env, "scripts.bench_app:create_bench_app()", sizes.web_workers)
+        unserved = Web(dict(env, ARZANI_QUEUE=UNSERVED_QUEUE), "scripts.bench_app:create_bench_app()",
+                       sizes.web_workers)
+        webs = [answered, unserved]
+        workers = Workers(env, 4)
+        click.echo("building the sidebar's databases while the servers start...", err=True)
+        sidebars = SidebarDatabases(sizes.sidebar)
+        for web in webs:
+            web.ready()
+        workers.ready(services)
+        click.echo(f"measuring ingest and web CPU under gunicorn ({sizes.rounds} rounds)...", err=True)
+        bench_ingest(unserved, token, figures, sessions=sizes.ingest_sessions, total=sizes.ingest_messages,
+                     rounds=sizes.rounds, warm=sizes.warm_posts)
         click.echo("measuring a burst of messages with four workers...", err=True)
-        bench_burst(services, client, headers, env, figures, rounds=1 if smoke else 3)
-        click.echo("measuring Redis memory...", err=True)
+        bench_burst(services, client, headers, env, figures, rounds=sizes.burst_rounds)
+        click.echo("measuring end to end under `arzani race` load...", err=True)
+        bench_race_load(services, race_token, answered, figures, sessions=sizes.race_sessions, rounds=sizes.rounds,
+                        processes=sizes.race_racers[0], concurrency=sizes.race_racers[1])
+        click.echo("measuring replies/s with 4, 2 and 1 workers...", err=True)
+        bench_throughput(services, user.id, workers, figures, messages=sizes.throughput_messages,
+                         rounds=sizes.rounds)
+        click.echo("measuring reply latency...", err=True)
+        bench_reply_latency(services, client, headers, env, figures, count=sizes.latency_messages,
+                            rounds=sizes.rounds)
+        workers.stop()
+        click.echo("measuring the lock hand-off...", err=True)
+        bench_lock_handoff(services, user.id, figures, sessions=sizes.handoff_sessions,
+                           rounds=max(3, sizes.rounds))  # rounds of one race: cheap, so never fewer than 3
+        click.echo("measuring Redis memory and the event log...", err=True)
         bench_memory(services, figures)
-        bench_event_log(services, figures, tokens=100 if smoke else 1000)
+        bench_event_log(services, figures, tokens=sizes.event_log_tokens)
         click.echo("measuring open event streams...", err=True)
-        bench_open_streams(env, token, figures, counts=(50,) if smoke else (2000, 3000, 3800),
-                           posts=30 if smoke else 1000)
-        click.echo("measuring the sidebar (building the databases takes a while)...", err=True)
-        sizes = (1_000, 2_000) if smoke else (10_000, 100_000) if quick else (10_000, 1_000_000)
-        bench_sidebar(figures, sizes=sizes)
+        bench_open_streams(answered, unserved, token, figures, settings.redis_max_connections,
+                           counts=sizes.stream_counts, posts=sizes.stream_posts, rounds=sizes.rounds,
+                           warm=min(50, sizes.warm_posts))
+        for web in webs:
+            web.stop()
+        webs = []
+        click.echo("measuring the sidebar...", err=True)
+        bench_sidebar(sidebars, figures, rounds=sizes.rounds, pages=sizes.sidebar_pages)
         services.close()
     finally:
+        if sidebars is not None:
+            sidebars.close()
+        if workers is not None:
+            workers.stop()
+        for web in webs:
+            web.stop()
         embedded.close()
+    # the machine's load says how much a run's spreads owe to its neighbours
+    click.echo(f"done in {time.perf_counter() - began:.0f} s (load average {load_before:.1f} at the start, "
+               f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)", err=True)
     figures.print()

@@ -10,7 +10,8 @@ waits for the replies and checks, from the server's own answers:
   conversation that is not the session's one;
 - missing: an accepted user message with no reply after --reply-timeout (failed ones counted apart).
 
-It prints messages/s and the latency of the race's winner (`created`) and losers (`waited`), read
+It prints messages/s (accepted, and accepted and answered: from the first POST to the last reply's
+`created_at`) and the latency of the race's winner (`created`) and losers (`waited`), read
 from the `Arzani-Session-Resolution` header. Exit status 0 only if nothing was duplicated,
 misplaced, missing or refused.
 """
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import click
@@ -129,17 +131,17 @@ def run_race(url: str, token: str, processes: int, sessions: int, concurrency: i
     children = [context.Process(target=_racer_process,
                                 args=(url, token, session_ids, concurrency, barrier, results, p))
                 for p in range(processes)]
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     for child in children:
         child.start()
     records = [r for _ in children for r in results.get(timeout=600)]
     for child in children:
         child.join(30)
     post_wall_s = time.perf_counter() - started
-    return _report(url, token, session_ids, records, post_wall_s, reply_timeout_s)
+    return _report(url, token, session_ids, records, post_wall_s, reply_timeout_s, started_at=started_at)
 
 
-def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> dict:
+def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s, *, started_at: float | None = None) -> dict:
     client = Client(url, token)
     accepted = [r for r in records if r["status"] in OK_STATUSES]
     errors = [r for r in records if r["status"] not in OK_STATUSES]
@@ -177,6 +179,7 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
     duplicates = sum(n - 1 for n in per_session.values())
     misplaced = told_apart
     missing = failed = replies = 0
+    last_reply_at = None
     found_in: dict[int, dict] = {}
     for conversation in server_conversations:
         messages = details[conversation["id"]].get("messages", [])
@@ -187,6 +190,9 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
             if message["role"] != "assistant":
                 continue
             replies += 1
+            created = _epoch_s(message.get("created_at"))
+            if created is not None:
+                last_reply_at = max(last_reply_at or created, created)
             if message["reply_to"] not in users:
                 misplaced += 1
             answered.add(message["reply_to"])
@@ -218,6 +224,10 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
         "failed_replies": failed,
         "replies": replies,
         "messages_per_s": round(len(accepted) / post_wall_s, 1) if post_wall_s else None,
+        # accepted and answered: from the first POST to the last reply attached (the server's clock)
+        "answered_per_s": (round(len(accepted) / (last_reply_at - started_at), 1)
+                           if started_at and last_reply_at and last_reply_at > started_at and not missing
+                           else None),
         "resolutions": dict(Counter(r["resolution"] for r in accepted)),
         "winners_p50_ms": _round(percentile(winners, 50)),
         "winners_p99_ms": _round(percentile(winners, 99)),
@@ -229,6 +239,14 @@ def _report(url, token, session_ids, records, post_wall_s, reply_timeout_s) -> d
     }
     report["ok"] = not (duplicates or misplaced or missing or errors)
     return report
+
+
+def _epoch_s(iso: str | None) -> float | None:
+    """A message's `created_at` (ISO 8601; a naive one is UTC) as seconds since the epoch."""
+    if not iso:
+        return None
+    moment = datetime.fromisoformat(iso)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _round(value: float | None) -> float | None:

@@ -1,32 +1,77 @@
-"""`arzani bench --smoke` runs end to end and prints every figure beside its baseline
-(the figures themselves are for the README, not for assertions)."""
+"""`arzani bench --smoke` runs end to end and prints every figure beside its baseline, each row
+with a target showing it and a verdict (the figures themselves are for the README, not for
+assertions); the verdict logic itself (scripts/benchfigures.py) is tested without timing anything."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 
+from scripts.benchfigures import UNSURE, Figures, Target, judge
 from tests.stack import BIN
 
-pytestmark = pytest.mark.slow
+VERDICTS = ("PASS", "MISS", UNSURE)
+
+ROWS_WITH_A_TARGET = (
+    "web: round trips of ours (beyond RQ's enqueue)",
+    "lock hand-off: losers' extra wait p99",
+    "ingest under gunicorn (2 gevent), accepted messages/s",
+    "web CPU per accepted message",
+    "reply latency p50 (echo agent)",
+    "replies/s, 4 rq workers",
+    "replies/s, 2 rq workers",
+    "replies/s, 1 rq worker ",
+    "race load: duplicated, misplaced, missing or refused",
+    "agent calls / user message, burst of 10",
+    "generations started (start events) / user message",
+    "Redis memory per session: both",
+    "POST p99 with 50 open event streams",
+    "Redis connections (2 web processes)",
+    "open event streams held",
+    "sidebar page",
+)
+
+ROWS_WITHOUT_A_TARGET = (
+    "web: Redis round trips / message", "web: Redis commands / message", "end to end: round trips / message",
+    "end to end: commands / message", "lock hand-off: losers' extra wait p50", "reply latency p99",
+    "race load (", "Redis memory per session: hash",
+    "event log: Redis bytes per token",
+)
 
 
+def _table(stdout: str) -> dict[str, list[str]]:
+    """The printed table, by figure name: its cells (columns are two spaces or more apart)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("figure "))
+    return {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[start + 1:] if line)}
+
+
+@pytest.mark.slow
 def test_bench_prints_every_figure(tmp_path):
     result = subprocess.run([str(BIN / "arzani"), "bench", "--smoke"], capture_output=True, text=True,
                             timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line and not line.startswith("figure")]
-    names = " | ".join(rows)
-    for figure in ("round trips / message", "commands / message", "losers' extra wait p99",
-                   "accepted messages/s", "reply latency p50", "memory per session", "sidebar page",
-                   "open event streams", "Redis connections (4 web processes)", "event log: Redis bytes per token",
-                   "agent calls / user message, burst of 10"):
-        assert figure in names, result.stdout
-    assert all(row.split()[-1] not in ("nan", "inf") for row in rows)
-    # Quiet: progress lines and the log file's path, not the workers' thousands of lines.
-    assert "logs (RQ's and ours): " in result.stderr
-    assert len(result.stderr.splitlines()) < 15, result.stderr[-3000:]
+    table = _table(result.stdout)
+    header = re.split(r"\s{2,}", next(line for line in result.stdout.splitlines() if line.startswith("figure ")))
+    assert header == ["figure", "value", "baseline", "ratio", "spread (rounds)", "target", "verdict"]
+    for figure in ROWS_WITH_A_TARGET:
+        rows = [cells for name, cells in table.items() if name.startswith(figure)]
+        assert rows, f"no row {figure!r} in\n{result.stdout}"
+        cells = rows[0]
+        assert len(cells) == 7, cells
+        assert cells[5] != "-", cells
+        assert cells[6] in VERDICTS, cells
+    for figure in ROWS_WITHOUT_A_TARGET:
+        assert any(name.startswith(figure) for name in table), f"no row {figure!r} in\n{result.stdout}"
+    assert all("nan" not in cell and "inf" not in cell for cells in table.values() for cell in cells[1:5])
+    # Timed rows show their rounds' spread.
+    ingest = table["ingest under gunicorn (2 gevent), accepted messages/s"]
+    assert re.fullmatch(r"[0-9.,]+\.\.[0-9.,]+x \(2\)", ingest[4]), ingest
+    # Quiet: progress lines and the log file's path, not gunicorn's or the workers' thousands of lines.
+    assert "logs (RQ's, gunicorn's and ours): " in result.stderr
+    assert len(result.stderr.splitlines()) < 20, result.stderr[-3000:]
 
 
 def test_the_baseline_endpoint_validates_like_the_api(services, api):
@@ -39,3 +84,61 @@ def test_the_baseline_endpoint_validates_like_the_api(services, api):
     answer = app.test_client().post("/bench/baseline/s-12345678/c-1", json={}, headers=api.headers)
     assert answer.status_code == 422
     assert answer.json["error"]["code"] == "invalid_body"
+
+
+# -- the verdicts, without timing anything ------------------------------------------------------
+
+def test_targets_parse_bounds_on_the_value_or_on_the_ratio():
+    assert Target.parse("<= 5 ms") == Target("<=", 5.0, False, "<= 5 ms")
+    assert Target.parse(">= 0.9x") == Target(">=", 0.9, True, ">= 0.9x")
+    assert Target.parse("<= 2x the 10,000 figure").of_ratio
+    assert Target.parse(">= 2,000").bound == 2000
+    assert Target.parse("exactly 1.00").op == "=="
+    assert Target.parse("<= 138 (the pools' bound, 2 x 10 a process)").bound == 138
+    assert Target.parse("") is None
+    assert Target.parse("a small constant per process") is None
+
+
+def test_a_spread_within_the_gap_gives_pass_or_miss():
+    at_most = Target.parse("<= 1.3x")
+    assert judge(at_most, 1.1, (1.05, 1.15)) == "PASS"
+    assert judge(at_most, 1.5, (1.45, 1.6)) == "MISS"
+    at_least = Target.parse(">= 0.9x")
+    assert judge(at_least, 0.95, (0.93, 0.97)) == "PASS"
+    assert judge(at_least, 0.7, (0.6, 0.8)) == "MISS"
+
+
+def test_a_spread_larger_than_the_gap_is_unsure():
+    at_least = Target.parse(">= 0.9x")
+    # every round above the target, but they scatter more than the median clears it by
+    assert judge(at_least, 0.95, (0.91, 1.02)) == UNSURE
+    assert judge(at_least, 0.85, (0.7, 0.95)) == UNSURE
+    assert judge(Target.parse("<= 5 ms"), 4.0, (2.0, 6.5)) == UNSURE
+
+
+def test_an_exact_figure_has_no_spread_and_no_unsure():
+    assert judge(Target.parse("<= 2"), 2.0) == "PASS"
+    assert judge(Target.parse("<= 300"), 357.4) == "MISS"
+    exactly = Target.parse("exactly 1.00")
+    assert judge(exactly, 1.0, (1.0, 1.0)) == "PASS"
+    assert judge(exactly, 1.0, (1.0, 1.1)) == "MISS"  # one round called the agent twice for a message
+
+
+def test_rounds_give_the_median_ratio_its_spread_and_a_verdict():
+    figures = Figures()
+    verdict = figures.add_rounds("ingest", [90.0, 100.0, 120.0], [100.0, 100.0, 100.0], "msg/s", ">= 0.9x")
+    row = figures.rows[-1]
+    assert (row.value, row.baseline, row.ratio, row.spread) == ("100.00 msg/s", "100.00 msg/s", "1.00x",
+                                                                "0.90..1.20x (3)")
+    assert verdict == row.verdict == UNSURE  # the spread (0.30) exceeds the gap (0.10)
+    figures.add_rounds("p99", [3.0, 3.5, 4.0], [40.0, 50.0, 60.0], "ms", "<= 5 ms")
+    assert (figures.rows[-1].spread, figures.rows[-1].verdict) == ("3.00..4.00 ms (3)", "PASS")
+
+
+def test_add_keeps_its_signature_and_a_verdict_can_follow_another():
+    figures = Figures()
+    figures.add("memory", 357.0, 134.0, "bytes", "<= 300")
+    figures.add("no target", 1.0, None, "s")
+    figures.add("held", 2000, None, "streams", ">= 2,000", verdict=UNSURE)
+    assert [row.verdict for row in figures.rows] == ["MISS", "-", UNSURE]
+    assert figures.verdicts() == {"memory": "MISS", "held": UNSURE}
