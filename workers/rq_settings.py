@@ -2,8 +2,9 @@
 forks a work-horse per job. Importing the job modules here means every horse inherits them
 already loaded; without it each horse imports Flask, SQLAlchemy and the app afresh, about 0.7 s
 of a job that otherwise takes a few milliseconds (measured with `arzani race`). Nothing here
-connects to the service's database or Redis: connections are made lazily, in the horse
-(workers/jobs.py). The one database it opens is the warm-up's private in-memory one.
+connects to Redis, and the database only for the warm-up (workers/jobs.py warm_up: a reply's
+statements run once inside a transaction that is rolled back, the connection closed and the pool
+disposed before any fork); a horse makes its own connections, lazily.
 
 It also tells RQ where its Redis is, from the service's own settings (app/config.py): `REDIS_URL`
 (ARZANI_QUEUE_REDIS_URL, else REDIS_URL), or, with ARZANI_REDIS_SENTINELS, the `SENTINEL` dict
@@ -96,7 +97,7 @@ try:
 except ConfigurationError:
     pass  # (no Redis URL yet, or a bad DATABASE_URL): the job says so, where RQ records it
 
-# And SQLAlchemy's first-use machinery, built once here on a private database (workers/jobs.py).
+# And SQLAlchemy's first-use machinery and the reply's compiled statements, built once here.
 workers.jobs.warm_up()
 
 # Last, everything loaded so far is moved out of the garbage collector's sight (gc.freeze, as the
