@@ -26,7 +26,8 @@ ROWS_WITH_A_TARGET = (
     "race load: duplicated, misplaced, missing or refused",
     "agent calls / user message, burst of 10",
     "generations started (start events) / user message",
-    "Redis memory per session: both",
+    "Redis memory per session: all",
+    "session hashes without a TTL",
     "POST p99 with 50 open event streams",
     "Redis connections (2 web processes)",
     "open event streams held",
@@ -36,7 +37,8 @@ ROWS_WITH_A_TARGET = (
 ROWS_WITHOUT_A_TARGET = (
     "web: Redis round trips / message", "web: Redis commands / message", "end to end: round trips / message",
     "end to end: commands / message", "lock hand-off: losers' extra wait p50", "reply latency p99",
-    "race load (", "Redis memory per session: hash",
+    "race load (", "Redis memory per session: hash with its fence",
+    "Redis memory per session: its other keys",
     "event log: Redis bytes per token",
 )
 

@@ -55,7 +55,7 @@ def test_chaos_run_finds_no_violation(tmp_path):
     assert summary, output[-3000:]
     faults, accepted, stored_once, answered, failed, violations = (int(g.replace(",", "")) for g in summary.groups())
     assert violations == 0
-    assert accepted > 50 and stored_once == accepted and answered + failed == accepted
+    assert accepted >= 20 and stored_once == accepted and answered + failed == accepted
     made = json.loads((out / "summary.json").read_text())["faults"]
     assert sum(made.values()) == faults
     assert len(made) >= 4, made  # faults of several kinds really happened
