@@ -4,13 +4,15 @@ A figure measured once on a shared 2-core machine tells little: the same code re
 and 0.95x of its baseline in three runs. So a timed figure is measured in rounds, ours and the
 baseline's interleaved (their order alternating from one round to the next, so that neither is
 always the one measured on a warmer or a busier machine), a ratio per round; the table shows the
-median of those ratios and their spread (min..max), and judges the median against the target:
+median of those ratios and their spread, and judges the median against the target. The spread is
+the interquartile range (the middle half of the rounds, q1..q3): one round that met a neighbour's
+burst moves neither the median nor it, while rounds that scatter as a whole still widen it.
 
     PASS / MISS   the median meets / misses the target and the spread is within the gap;
     UNSURE        the spread (max - min) is larger than the gap between the median and the
                   target: another run could fall on either side, so this one decides nothing.
 
-    spread:   |<---- min..max ---->|
+    spread:   |<---- q1..q3 ---->|
     target:                 |            -> the gap is smaller than the spread: UNSURE
     target:                                         |   -> the gap is larger: PASS or MISS
 
@@ -81,6 +83,17 @@ class Row:
     verdict: str
 
 
+def spread_of(values: Sequence[float], target: Target | None) -> tuple[float, float]:
+    """The rounds' spread: (q1, q3) (Python's inclusive quartiles: with 5 rounds, the 2nd and 4th),
+    or (min, max) for an "exactly N" target, which every round must meet."""
+    if target is not None and target.op == "==":
+        return (min(values), max(values))
+    if len(values) < 2:
+        return (values[0], values[0])
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q1, q3)
+
+
 def _number(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 10_000 else f"{value:.2f}"
 
@@ -97,7 +110,7 @@ class Figures:
             spread: tuple[float, float] | None = None, rounds: int = 0, ratio: float | None = None,
             verdict: str | None = None) -> None:
         """One figure. `value` (and `baseline`) once, or the medians of `rounds` rounds, then
-        `ratio` is the median of the rounds' ratios and `spread` the rounds' (min, max) of the
+        `ratio` is the median of the rounds' ratios and `spread` the rounds' (q1, q3) of the
         quantity the target bounds (the ratio for an `x` target, else the value). `verdict`
         overrides the judgement (a figure that follows from another one's)."""
         if ratio is None and baseline:
@@ -125,7 +138,7 @@ class Figures:
         Returns the verdict."""
         value = statistics.median(ours)
         if baseline is None:
-            self.add(name, value, None, unit, target, spread=(min(ours), max(ours)), rounds=len(ours),
+            self.add(name, value, None, unit, target, spread=spread_of(ours, Target.parse(target)), rounds=len(ours),
                      verdict=verdict)
             return self.rows[-1].verdict
         if len(baseline) != len(ours):
@@ -133,7 +146,7 @@ class Figures:
         ratios = [o / b for o, b in zip(ours, baseline, strict=True)]
         parsed = Target.parse(target)
         judged = ratios if parsed is None or parsed.of_ratio else list(ours)
-        self.add(name, value, statistics.median(baseline), unit, target, spread=(min(judged), max(judged)),
+        self.add(name, value, statistics.median(baseline), unit, target, spread=spread_of(judged, parsed),
                  rounds=len(ours), ratio=statistics.median(ratios), verdict=verdict)
         return self.rows[-1].verdict
 

@@ -131,10 +131,19 @@ def test_rounds_give_the_median_ratio_its_spread_and_a_verdict():
     verdict = figures.add_rounds("ingest", [90.0, 100.0, 120.0], [100.0, 100.0, 100.0], "msg/s", ">= 0.9x")
     row = figures.rows[-1]
     assert (row.value, row.baseline, row.ratio, row.spread) == ("100.00 msg/s", "100.00 msg/s", "1.00x",
-                                                                "0.90..1.20x (3)")
-    assert verdict == row.verdict == UNSURE  # the spread (0.30) exceeds the gap (0.10)
+                                                                "0.95..1.10x (3)")
+    assert verdict == row.verdict == UNSURE  # the spread (q1..q3: 0.15) exceeds the gap (0.10)
     figures.add_rounds("p99", [3.0, 3.5, 4.0], [40.0, 50.0, 60.0], "ms", "<= 5 ms")
-    assert (figures.rows[-1].spread, figures.rows[-1].verdict) == ("3.00..4.00 ms (3)", "PASS")
+    assert (figures.rows[-1].spread, figures.rows[-1].verdict) == ("3.25..3.75 ms (3)", "PASS")
+
+
+def test_one_outlying_round_of_five_does_not_make_a_row_unsure():
+    """A neighbour's burst in one round: the median and the interquartile range ignore it."""
+    figures = Figures()
+    verdict = figures.add_rounds("ingest", [100.0, 101.0, 99.0, 100.0, 40.0], [100.0] * 5, "msg/s", ">= 0.9x")
+    assert (figures.rows[-1].spread, verdict) == ("0.99..1.00x (5)", "PASS")
+    verdict = figures.add_rounds("ingest", [60.0, 130.0, 80.0, 110.0, 95.0], [100.0] * 5, "msg/s", ">= 0.9x")
+    assert verdict == UNSURE  # the rounds scatter as a whole: q1..q3 is 0.80..1.10
 
 
 def test_add_keeps_its_signature_and_a_verdict_can_follow_another():
@@ -144,3 +153,9 @@ def test_add_keeps_its_signature_and_a_verdict_can_follow_another():
     figures.add("held", 2000, None, "streams", ">= 2,000", verdict=UNSURE)
     assert [row.verdict for row in figures.rows] == ["MISS", "-", UNSURE]
     assert figures.verdicts() == {"memory": "MISS", "held": UNSURE}
+
+
+def test_exactly_n_in_rounds_needs_every_round_to_give_n():
+    figures = Figures()
+    assert figures.add_rounds("calls", [1.0, 1.0, 1.1, 1.0, 1.0], None, "calls", "exactly 1.00") == "MISS"
+    assert figures.add_rounds("calls", [1.0] * 5, None, "calls", "exactly 1.00") == "PASS"
