@@ -205,10 +205,9 @@ def test_an_llm_reply_streams_in_and_a_failure_can_be_retried(live_llm, fake_llm
     assert fake_llm.requests[-1]["messages"][0]["content"] == "tell me something"  # whole history
 
 
-def test_a_long_chat_shows_its_latest_page_and_loads_earlier_messages(live, open_chat):
-    """Issue 13, item 10: the page reads the latest 100 messages, not the whole conversation, and
-    "Load earlier messages" brings the rest in front of them."""
-    chat = open_chat(live)
+def _a_long_chat(chat) -> str:
+    """60 messages and their 60 replies in one chat (the first sent from the composer, the rest
+    posted from the page), all answered; returns the conversation id."""
     chat.send("message 0")
     chat.wait_for_replies(1)
     session_id = chat.status()["page"]["session_id"]
@@ -220,12 +219,21 @@ def test_a_long_chat_shows_its_latest_page_and_loads_earlier_messages(live, open
         }
     }""", session_id)
     conversation_id = chat.status()["page"]["conversation_id"]
-    chat.page.wait_for_function(
-        f"() => fetch('/api/conversations/{conversation_id}?limit=500').then((r) => r.json())"
-        ".then((c) => c.messages.length === 120)", timeout=60_000)
+    chat.wait_for_messages(conversation_id, 120)
+    return conversation_id
+
+
+def test_a_long_chat_shows_its_latest_page_and_loads_earlier_messages(live, open_chat):
+    """Issue 13, item 10: the page reads the latest 100 messages, not the whole conversation, and
+    "Load earlier messages" brings the rest in front of them."""
+    chat = open_chat(live)
+    conversation_id = _a_long_chat(chat)
     chat.page.reload()
     expect(chat.page.locator(".message")).to_have_count(100)
     chat.page.click("button.load-earlier")
     expect(chat.page.locator(".message")).to_have_count(120)
     expect(chat.page.locator("button.load-earlier")).to_have_count(0)
     assert chat.page.locator(".message.user").first.inner_text().startswith("message 0")
+    messages = chat.api(f"/api/conversations/{conversation_id}?limit=500")["messages"]
+    assert chat.message_ids() == [m["id"] for m in messages]
+
