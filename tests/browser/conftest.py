@@ -111,9 +111,11 @@ class ChatPage:
             self.page.wait_for_timeout(100)
 
     def message_ids(self) -> list[int]:
-        """The ids of the messages the pane shows, in its order (streaming drafts left out)."""
+        """The ids of the messages the pane shows, in its order (streaming drafts and words still
+        on their way left out)."""
         return self.page.eval_on_selector_all(
-            ".message:not(.streaming)", "(items) => items.map((item) => Number(item.dataset.id))")
+            ".message:not(.streaming)",
+            "(items) => items.map((item) => Number(item.dataset.id)).filter(Number.isInteger)")
 
     def api_call(self, method: str, path: str, body: dict | None = None):
         """A call from the page itself (its cookie, same-origin): returns the JSON answer, if any."""

@@ -39,6 +39,12 @@ export function mergeMessages() {
   for (const [id, m] of state.confirmed) {
     const server = loaded.get(id);
     if (server && !((m.current_version || 0) > (server.current_version || 0))) state.confirmed.delete(id);
+    // Older than the oldest loaded message while older ones are not loaded: a replayed event (the
+    // session's log is replayed from its start when the stream opens), or one the latest page
+    // has moved past. Shown, it would stand alone in front of a gap, its status as the event had
+    // it (a long-answered message "waiting for the reply…"), and stay: no loaded page is read
+    // that would replace it. "Load earlier messages" brings it with its neighbours.
+    if (state.nextBefore && id < state.nextBefore) state.confirmed.delete(id);
   }
   const merged = state.server.filter((m) => !state.confirmed.has(m.id)).concat([...state.confirmed.values()])
     .sort((a, b) => a.id - b.id);
