@@ -12,7 +12,7 @@ export const state = {
   epochs: new Map(), // user message id -> the id of the `start` event of the attempt being shown
   messages: [], // server + confirmed, merged
   versionShown: new Map(), // reply id -> the version the arrows show (absent: the current one)
-  earlier: [], // older pages of the open conversation, loaded on demand (oldest first)
+  earlier: [], // once "Load earlier messages" was used: the messages kept in front of the latest page (oldest first)
   nextBefore: null, // the `before` of the page further back, null: the first message is shown
   title: "New chat",
   // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
