@@ -270,15 +270,21 @@ def test_earlier_messages_asked_for_while_the_chat_grows_leave_no_gap(live, open
         latest.append(ids)
 
     chat.page.route(lambda url: f"/api/conversations/{conversation_id}?before=" in url, hold_the_first)
+    sends = []
+    chat.page.route(lambda url: url.endswith("/messages"), lambda route: sends.append(route))
     chat.page.route(lambda url: url.endswith(f"/api/conversations/{conversation_id}"), note_latest)
     try:
         with chat.page.expect_request(lambda r: "?before=" in r.url):
             chat.page.click("button.load-earlier")
-        chat.send("one more while the earlier page is on its way")
+        # The send's answer is held until the session stream, opened for it, has replayed its log:
+        # a reply would close the stream before, but not while the words are still on their way.
+        with chat.page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/messages")):
+            chat.send("one more while the earlier page is on its way")
         chat.page.wait_for_function("() => window.arzaniSessionSynchronizer.streams().session.live",
                                     timeout=30_000)
         # the log was replayed, older messages among it: none shows in front of the latest page
         assert chat.message_ids()[0] >= latest_start, "the pane shows replayed messages in front of a gap"
+        sends[0].continue_()
         reply_id = chat.wait_for_messages(conversation_id, 122)[-1]["id"]
         deadline = time.monotonic() + 60
         while not any(reply_id in ids for ids in latest):  # the page has read the moved latest page
