@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,26 @@ class ChatPage:
     def api(self, path: str):
         """GET from the API with this tab's cookie identity."""
         return self.page.evaluate(f"fetch({path!r}).then((r) => r.json())")
+
+    def wait_for_messages(self, conversation_id: str, count: int, timeout_ms: int = REPLY_WAIT_MS) -> list[dict]:
+        """The conversation's messages, read from the API until it holds `count` and none awaits a
+        reply. (Not page.wait_for_function: it does not await a promise, so a fetch in it is
+        truthy at once and the wait returns before anything it meant to wait for.)"""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            messages = self.api(f"/api/conversations/{conversation_id}?limit=500")["messages"]
+            if len(messages) >= count and not any(m["status"] == "pending" for m in messages):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(messages)} messages after {timeout_ms} ms, not {count} answered")
+            self.page.wait_for_timeout(100)
+
+    def message_ids(self) -> list[int]:
+        """The ids of the messages the pane shows, in its order (streaming drafts and words still
+        on their way left out)."""
+        return self.page.eval_on_selector_all(
+            ".message:not(.streaming)",
+            "(items) => items.map((item) => Number(item.dataset.id)).filter(Number.isInteger)")
 
     def api_call(self, method: str, path: str, body: dict | None = None):
         """A call from the page itself (its cookie, same-origin): returns the JSON answer, if any."""

@@ -7,11 +7,19 @@ import { mergeMessages, state } from "./state.js";
 import { synchronizer } from "./synchronizer.js";
 
 // "Load earlier messages": the page before the oldest shown, kept in front of the latest page.
+// The page is asked for with the oldest shown message's id; if the shown copy starts elsewhere by
+// the time it answers (the chat grew and a reload of the latest page moved its start), it would
+// not adjoin: the page in front of the copy as it is now is asked for instead.
 export async function loadEarlier() {
   const { conversationId } = synchronizer;
-  if (!conversationId || !state.nextBefore) return;
-  const page = await api("GET", `/api/conversations/${enc(conversationId)}?before=${enc(state.nextBefore)}`);
+  const before = state.nextBefore;
+  if (!conversationId || !before) return;
+  const page = await api("GET", `/api/conversations/${enc(conversationId)}?before=${enc(before)}`);
   if (synchronizer.conversationId !== conversationId) return;
+  if (state.nextBefore !== before) {
+    await loadEarlier();
+    return;
+  }
   state.earlier = page.messages.concat(state.earlier);
   state.server = page.messages.concat(state.server);
   state.nextBefore = page.next_before;

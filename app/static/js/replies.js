@@ -39,10 +39,21 @@ export async function loadConversation() {
   }
   if (!current()) return false;
   state.loads.shown = seq;
-  // The latest page; pages loaded with "Load earlier messages" stay in front of it.
+  // The latest page. Once "Load earlier messages" was used, what the page held before it stays in
+  // front of it: not only the earlier pages, also the old latest page's first messages, which a
+  // chat that grew meanwhile pushed out of this one (keeping only the earlier pages left a gap
+  // between them and this page). If more came than a page holds, the old copy ends before this
+  // page begins: the gap could not be drawn, so the latest page alone is shown again.
   const first = conversation.messages.length ? conversation.messages[0].id : Infinity;
-  state.server = state.earlier.filter((m) => m.id < first).concat(conversation.messages);
-  if (!state.earlier.length) state.nextBefore = conversation.next_before;
+  const held = state.server.filter((m) => m.id < first);
+  const adjoins = conversation.next_before === null || state.server.some((m) => m.id >= first);
+  if (state.earlier.length && adjoins) {
+    state.earlier = held;
+  } else {
+    state.earlier = [];
+    state.nextBefore = conversation.next_before;
+  }
+  state.server = state.earlier.concat(conversation.messages);
   state.title = conversation.title || "Untitled";
   mergeMessages();
   render();

@@ -12,7 +12,7 @@ export const state = {
   epochs: new Map(), // user message id -> the id of the `start` event of the attempt being shown
   messages: [], // server + confirmed, merged
   versionShown: new Map(), // reply id -> the version the arrows show (absent: the current one)
-  earlier: [], // older pages of the open conversation, loaded on demand (oldest first)
+  earlier: [], // once "Load earlier messages" was used: the messages kept in front of the latest page (oldest first)
   nextBefore: null, // the `before` of the page further back, null: the first message is shown
   title: "New chat",
   // Loads can overlap (poller, events, sends): each carries a number, and an answer older than
@@ -39,6 +39,12 @@ export function mergeMessages() {
   for (const [id, m] of state.confirmed) {
     const server = loaded.get(id);
     if (server && !((m.current_version || 0) > (server.current_version || 0))) state.confirmed.delete(id);
+    // Older than the oldest loaded message while older ones are not loaded: a replayed event (the
+    // session's log is replayed from its start when the stream opens), or one the latest page
+    // has moved past. Shown, it would stand alone in front of a gap, its status as the event had
+    // it (a long-answered message "waiting for the reply…"), and stay: no loaded page is read
+    // that would replace it. "Load earlier messages" brings it with its neighbours.
+    if (state.nextBefore && id < state.nextBefore) state.confirmed.delete(id);
   }
   const merged = state.server.filter((m) => !state.confirmed.has(m.id)).concat([...state.confirmed.values()])
     .sort((a, b) => a.id - b.id);
