@@ -29,6 +29,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "arzani_write"
 
 
+def for_writing(engine: Engine) -> Engine:
+    """`engine`, whose transactions on SQLite start with BEGIN IMMEDIATE (elsewhere: unchanged).
+    For anything that reads and then writes outside `Database.write()`: schema changes (create_all,
+    Alembic's migrations and stamps). A deferred transaction that has read cannot wait for the
+    write lock: SQLite answers "database is locked" at once, whatever busy_timeout says, when
+    another connection holds it (a worker warming up, a web process writing)."""
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
 def make_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
@@ -81,9 +90,7 @@ class Database:
         self.engine = make_engine(database_url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(
-            self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
-        )
+        self._write = sessionmaker(for_writing(self.engine), expire_on_commit=False)
         # SQLite: one write transaction at a time within this process, queued here. Under gunicorn's
         # gevent worker a writer that yields inside its transaction (any socket call) would
         # otherwise let a second greenlet of the same process wait for SQLite's lock in C, which
@@ -128,7 +135,7 @@ class Database:
         warm_up), in a process that will fork: its connection is closed and the pool disposed
         before it returns, so no child inherits either."""
         try:
-            with self.engine.execution_options(**{_WRITE_OPTION: True}).connect() as connection:
+            with for_writing(self.engine).connect() as connection:
                 transaction = connection.begin()
                 try:
                     yield Rehearsal(self, connection)
@@ -138,7 +145,7 @@ class Database:
             self.engine.dispose()
 
     def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
+        Base.metadata.create_all(for_writing(self.engine))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -3,7 +3,7 @@ the models' metadata. Run through `arzani db upgrade` (app/migrate.py), not the 
 
 from alembic import context
 
-from app.db import make_engine
+from app.db import for_writing, make_engine
 from app.models import Base
 
 config = context.config
@@ -16,7 +16,9 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.connect() as connection:
+    # A migration (or a stamp) reads the schema, then changes it: on SQLite it must hold the write
+    # lock from its first statement, or it fails at once beside any other writer (app/db.py).
+    with for_writing(engine).connect() as connection:
         _run(connection)
     engine.dispose()
 
