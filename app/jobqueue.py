@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import time
 from datetime import datetime
 from typing import Protocol
 
@@ -105,12 +106,26 @@ def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message:
         return reply_job_id(queue.name, message)
 
 
-def enqueue_takeover(queue: Queue, settings: Settings, message: Stored, window: int) -> bool:
+def takeover_key(queue_name: str, message: Stored) -> str:
+    """`arzani:recovery:{QUEUE}:takeover:{REPLY JOB ID}`: there while a takeover of the message
+    was enqueued less than `ARZANI_STUCK_AFTER` ago."""
+    return f"arzani:recovery:{{{queue_name}}}:takeover:{reply_job_id(queue_name, message)}"
+
+
+def enqueue_takeover(queue: Queue, settings: Settings, message: Stored) -> bool:
     """A reply job under an id of its own, for a message whose reply nobody is writing (its
-    worker died: workers/recovery.py). At most one per message per `window`; True if enqueued.
-    The original job stays where it is (RQ's recovery may still retry it): the generation claim
-    lets only one of them call the agent."""
-    job_id = f"{reply_job_id(queue.name, message)}-takeover-{window}"
+    worker died: workers/recovery.py). At most one per message per `ARZANI_STUCK_AFTER` seconds,
+    however many watchers look at once; True if enqueued. The original job stays where it is
+    (RQ's recovery may still retry it): the generation claim lets only one of them call the agent.
+
+    The spacing is a key set NX with that TTL, so it is measured from the last takeover. (It was a
+    job id per fixed window of time: two looks either side of a window's edge, milliseconds apart,
+    made two takeovers.) A process killed between the SET and the enqueue delays the takeover by
+    one such interval; Redis restarted empty forgets the spacing, which costs at most one no-op job."""
+    every_ms = max(1, int(settings.stuck_after_s * 1000))
+    if not queue.connection.set(takeover_key(queue.name, message), 1, nx=True, px=every_ms):
+        return False
+    job_id = f"{reply_job_id(queue.name, message)}-takeover-{time.time_ns() // 1_000_000}"
     return _enqueue(queue, settings, message, job_id, f"reply to message {message.id} (takeover)")
 
 

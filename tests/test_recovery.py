@@ -56,7 +56,81 @@ def test_a_lapsed_claim_gets_one_takeover_job_and_a_live_one_none(api, services,
     assert takeover.startswith(first["job_id"] + "-takeover-")
     assert watcher.tick()["taken_over"] == []  # queued: waiting its turn, not taken over again
     services.rq_redis.delete(services.queue.key)
-    assert watcher.tick()["taken_over"] == []  # one takeover per message per window
+    assert watcher.tick()["taken_over"] == []  # one takeover per message per ARZANI_STUCK_AFTER
+
+
+def lapsed_first_message(api, services) -> dict:
+    """A sent message whose job a worker took and whose claim lapsed (the worker died writing)."""
+    from app import runs
+
+    posted = api.send(new_session_id(), "its writer died").json
+    services.rq_redis.delete(services.queue.key)
+    held = runs.claim(services, posted["message"]["id"], "a-worker")
+    with services.db.write() as db:
+        db.execute(update(Message).where(Message.id == held.message_id)
+                   .values(claimed_until=utcnow() - timedelta(seconds=5)))
+    return posted
+
+
+def test_takeovers_are_spaced_by_stuck_after_counted_from_the_last_one(api, services, watcher):
+    """Looks either side of any edge of time (the ids were per fixed 5 s window: two looks 10 ms
+    apart across its edge made two takeovers) give one takeover; the next comes once the spacing
+    key, set with the last takeover, is gone."""
+    from app import jobqueue
+
+    watcher.tick()
+    posted = lapsed_first_message(api, services)
+    assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
+    services.rq_redis.delete(services.queue.key)  # a worker took the takeover, and died too
+    with services.db.read() as db:
+        stored = db.get(Message, posted["message"]["id"])
+    key = jobqueue.takeover_key(services.queue.name, stored)
+    assert 0 < services.rq_redis.pttl(key) <= 5000  # the watcher's ARZANI_STUCK_AFTER
+    assert watcher.tick()["taken_over"] == []
+    services.rq_redis.delete(key)  # 5 s passed since the takeover
+    assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
+    assert len({job_id for job_id in queued_ids(services)}) == 1
+
+
+def test_a_look_either_side_of_a_window_edge_makes_one_takeover(api, services, watcher, monkeypatch):
+    """The failure of the fixed windows itself, made certain: wall clock just before, then just
+    after, a multiple of ARZANI_STUCK_AFTER."""
+    watcher.tick()
+    posted = lapsed_first_message(api, services)
+    edge = (int(recovery_module.time.time() // 5) + 1) * 5.0
+    now = [edge - 0.001]
+    monkeypatch.setattr(recovery_module.time, "time", lambda: now[0])
+    assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
+    services.rq_redis.delete(services.queue.key)
+    now[0] = edge + 0.001
+    assert watcher.tick()["taken_over"] == []
+
+
+def test_two_watchers_looking_at_once_make_one_takeover(api, services, settings):
+    """Two `arzani cron` processes (a deploy overlapping the old one) tick at the same instant."""
+    import threading
+
+    wirings = [Wiring(dataclasses.replace(settings, stuck_after_s=5.0), process_kind="worker") for _ in range(4)]
+    try:
+        watchers = [recovery_module.Recovery(w) for w in wirings]
+        watchers[0].tick()  # the marker: no sweep below
+        posted = lapsed_first_message(api, services)
+        start, results = threading.Barrier(len(watchers)), []
+
+        def look(w):
+            start.wait()
+            results.append(w.take_over_stranded())
+
+        threads = [threading.Thread(target=look, args=(w,)) for w in watchers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [[], [], [], [posted["message"]["id"]]]
+        assert len(queued_ids(services)) == 1
+    finally:
+        for w in wirings:
+            w.close()
 
 
 def test_a_job_taken_and_never_started_is_taken_over_after_stuck_after(api, services, watcher, monkeypatch):

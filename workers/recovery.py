@@ -15,14 +15,15 @@ so does the scheduler thread of each worker. This watcher does not wait for thos
   the worker died or froze while writing), or no claim for `ARZANI_STUCK_AFTER` (10 s) since this
   watcher first saw its job leave the queue (a worker took it and died before starting it). It
   then enqueues a takeover job, a reply job under an id of its own, at most one per message per
-  `ARZANI_STUCK_AFTER` window. A takeover that was not needed costs one no-op job: the claim lets
-  only one run call the agent.
+  `ARZANI_STUCK_AFTER` seconds (app/jobqueue.py). A takeover that was not needed costs one no-op
+  job: the claim lets only one run call the agent.
 - **Retries whose time has come** are moved from RQ's scheduled registry to the queue, in case
   no worker's scheduler is alive to do it (RQ's own scheduler does the same; a job moved by both
   at the same instant runs twice, and its claim makes the second run a no-op).
 
 What a tick costs: one SET and one EXPIRE (the marker), an LRANGE of the queue, one indexed query
-of the pending messages (ix_messages_pending), and RQ's scheduled-registry read.
+of the pending messages (ix_messages_pending), one SET per takeover, and RQ's scheduled-registry
+read.
 """
 
 from __future__ import annotations
@@ -120,8 +121,7 @@ class Recovery:
                 first = self.unclaimed_since.setdefault(row.id, monotonic)
                 if monotonic - first < stuck_after:
                     continue
-            window = int(time.time() // stuck_after)
-            if jobqueue.enqueue_takeover(self.services.queue, self.settings, row, window):
+            if jobqueue.enqueue_takeover(self.services.queue, self.settings, row):
                 taken.append(row.id)
         for gone in set(self.unclaimed_since) - seen:
             del self.unclaimed_since[gone]
