@@ -151,8 +151,15 @@ def test_stop_around_a_killed_work_horse_is_never_resurrected(api, services, wor
     session_id = new_session_id()
     posted = api.send(session_id, "about to crash").json
     fake_llm.wait_paused(1, timeout=REPLY_WAIT_S)
-    os.kill(horse_of(worker.pid), signal.SIGKILL)
-    stopped = api.post(f"/api/sessions/{session_id}/stop").json["stopped"]
+    horse = horse_of(worker.pid)
+    # Stop comes before the worker has handled the death: frozen, it cannot schedule RQ's retry
+    # (1 s later), which on a busy machine answered the message before this test's Stop arrived.
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        os.kill(horse, signal.SIGKILL)
+        stopped = api.post(f"/api/sessions/{session_id}/stop").json["stopped"]
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
     assert stopped is not None and stopped["message"]["status"] == "stopped"
     stop_seen = log_entries(services, session_id)[-1][0]
     fake_llm.resume()
