@@ -92,6 +92,32 @@ def test_takeovers_are_spaced_by_stuck_after_counted_from_the_last_one(api, serv
     assert len({job_id for job_id in queued_ids(services)}) == 1
 
 
+def test_a_takeover_whose_enqueue_failed_after_its_spacing_key_comes_one_interval_later(api, services, watcher,
+                                                                                        monkeypatch):
+    """Redis refused the enqueue after the spacing key was set (a process dying there leaves the
+    same state): the tick fails, nothing is queued, the next looks wait out the key, then the
+    takeover comes. Delayed, never lost."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app import jobqueue
+
+    watcher.tick()
+    posted = lapsed_first_message(api, services)
+
+    def refused(*_args, **_kwargs):
+        raise RedisConnectionError("Redis went away between the SET and the enqueue")
+
+    monkeypatch.setattr(jobqueue, "_enqueue", refused)
+    with pytest.raises(RedisConnectionError):
+        watcher.tick()
+    monkeypatch.undo()
+    assert queued_ids(services) == []
+    assert watcher.tick()["taken_over"] == []  # the key holds it back for ARZANI_STUCK_AFTER
+    with services.db.read() as db:
+        services.rq_redis.delete(jobqueue.takeover_key(services.queue.name, db.get(Message, posted["message"]["id"])))
+    assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
+
+
 def test_a_look_either_side_of_a_window_edge_makes_one_takeover(api, services, watcher, monkeypatch):
     """The failure of the fixed windows itself, made certain: wall clock just before, then just
     after, a multiple of ARZANI_STUCK_AFTER."""
