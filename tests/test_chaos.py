@@ -1,14 +1,14 @@
 """`arzani chaos` end to end (issue 11): the Procfile's processes under supervisord, racing clients
-and random faults for half a minute, then the whole history checked. On PostgreSQL when
-ARZANI_TEST_POSTGRES_URL is set (its backends terminated too), else on SQLite: one of the two,
-to keep the suite's time.
+and random faults of every kind for two and a half minutes, then the whole history checked. On
+PostgreSQL when ARZANI_TEST_POSTGRES_URL is set (its backends terminated too), else on SQLite: one
+of the two, to keep the suite's time.
 
-About a minute in all: 25 s of faults (one every 1.5 s) and clients, start-up, and the recovery
-wait. Its settings are
-shortened so that the wait is short: the sweeper every 5 s for messages pending 5 s, a 2 s lock
-TTL (a web process is stopped for 3 s). The whole-rq-worker kill is left out here: RQ notices it
-only after `--job-monitoring-interval` + 60 s (the Procfile's 10 s: about 100 s of waiting);
-`arzani chaos --minutes 10` (README) runs it.
+About three minutes in all, as issue 11 asks: 150 s of faults (one every 2.5 s, about 60) and
+clients, start-up, and the recovery wait. Its settings are shortened so that the wait is short:
+the sweeper every 5 s for messages pending 5 s, a 2 s lock TTL (a web process is stopped for 3 s).
+A whole rq worker killed is rescued by the recovery watcher (`ARZANI_STUCK_AFTER`, 10 s), well
+inside the bound, which allows for RQ's own, slower path (`recovery_bound`).
+`arzani chaos --minutes 10` (README) is the soak.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.stack import BIN
 
 pytestmark = pytest.mark.slow
 
-FAULTS = "gunicorn-worker,work-horse,scheduler,web-stop,redis-restart" + (",postgres-backends" if POSTGRES_URL else "")
+FAULTS = "gunicorn-worker,work-horse,rq-worker,scheduler,web-stop,redis-restart" + (",postgres-backends" if POSTGRES_URL else "")
 
 
 def test_chaos_run_finds_no_violation(tmp_path):
@@ -36,14 +36,14 @@ def test_chaos_run_finds_no_violation(tmp_path):
     for name in ("REDIS_URL", "DATABASE_URL", "ARZANI_QUEUE_REDIS_URL"):
         env.pop(name, None)
     out = tmp_path / "chaos"
-    argv = [str(BIN / "arzani"), "chaos", "--seconds", "25", "--fault-every", "1.5", "--clients", "3",
+    argv = [str(BIN / "arzani"), "chaos", "--seconds", "150", "--fault-every", "2.5", "--clients", "3",
             "--web-processes", "3", "--out", str(out), "--faults", FAULTS]
     if POSTGRES_URL:
         argv += ["--database-url", POSTGRES_URL]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     try:
-        output, _ = process.communicate(timeout=400)  # bounded: 25 s + start + the recovery bound
+        output, _ = process.communicate(timeout=600)  # bounded: 150 s + start + the recovery bound (182 s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -55,10 +55,10 @@ def test_chaos_run_finds_no_violation(tmp_path):
     assert summary, output[-3000:]
     faults, accepted, stored_once, answered, failed, violations = (int(g.replace(",", "")) for g in summary.groups())
     assert violations == 0
-    assert accepted >= 20 and stored_once == accepted and answered + failed == accepted
+    assert accepted >= 60 and stored_once == accepted and answered + failed == accepted
     made = json.loads((out / "summary.json").read_text())["faults"]
     assert sum(made.values()) == faults
-    assert len(made) >= 4, made  # faults of several kinds really happened
+    assert len(made) >= 5, made  # faults of several kinds really happened
     # It left nothing running: neither the web app nor Redis listens any more.
     web_port, redis_port = map(int, re.search(r"web :(\d+), Redis :(\d+)", output).groups())
     for port in (web_port, redis_port):
