@@ -28,7 +28,8 @@ from tests.stack import BIN
 
 pytestmark = pytest.mark.slow
 
-FAULTS = "gunicorn-worker,work-horse,rq-worker,scheduler,web-stop,redis-restart" + (",postgres-backends" if POSTGRES_URL else "")
+FAULTS = ("gunicorn-worker,work-horse,rq-worker,scheduler,web-stop,redis-restart"
+          + (",postgres-backends" if POSTGRES_URL else ""))
 
 
 def test_chaos_run_finds_no_violation(tmp_path):
