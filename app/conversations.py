@@ -157,19 +157,23 @@ def post_message(
         existing = _find_in_session(services, session_id, user_id, client_message_id)
         return _replayed(services, session_id, existing, content, resolved.how)
     metrics.messages_accepted.inc()
-    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message)
+    # The reply's job is saved and queued at once; RQ's bookkeeping of it waits in `along` and
+    # goes to Redis with the announcements, in one round trip.
+    along = jobqueue.bookkeeping_pipeline(services.queue, services.settings)
+    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message, along)
     shown = message_json(message)
-    _announce_message(services, user_id, session_id, resolved, shown)
+    _announce_message(services, user_id, session_id, resolved, shown, along)
     return PostedMessage(session_id, resolved.conversation_id, shown, job_id, True, resolved.how)
 
 
-def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict) -> None:
+def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict,
+                      along=None) -> None:
     """Tell the session's other tabs (its log) and all the user's tabs (their log); after the commit,
-    so that whoever hears of it can read it."""
+    so that whoever hears of it can read it. `along`: see events.Publisher.announce."""
     where = {"conversation_id": resolved.conversation_id, "session_id": session_id}
     created = [services.events.to_user(user_id, "created", **where)] if resolved.how == "created" else []
     services.events.announce(services.events.to_session(session_id, "message", message=message), *created,
-                             services.events.to_user(user_id, "message", **where, message=message))
+                             services.events.to_user(user_id, "message", **where, message=message), along=along)
 
 
 DEFAULT_MESSAGES_PAGE = 100

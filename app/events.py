@@ -35,7 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from app import defaults, keys
 from app.errors import BadRequest, Unavailable
@@ -165,14 +166,23 @@ class Publisher:
     def to_user(user_id: int, kind: str, **data) -> tuple[Log, str, dict]:
         return user_log(user_id), kind, {"type": kind, **data}
 
-    def announce(self, *entries: tuple[Log, str, dict], settle: str | None = None) -> None:
+    def announce(self, *entries: tuple[Log, str, dict], settle: str | None = None,
+                 along: Pipeline | None = None) -> None:
         """Append several events (to_session, to_user) in one round trip; with `settle` (a session
         id), also start that session's retention (its reply is attached). One script for them all
         (EVALSHA of a registered script: not a pipeline of EVALs, whose script text is sent and
         hashed for every entry, nor of EVALSHAs, which redis-py checks with an extra SCRIPT
         EXISTS round trip on every execute). The logs are in different slots (`{SID}`, `{UID}`):
-        fine on one Redis, refused by a cluster, where each is appended on its own."""
+        fine on one Redis, refused by a cluster, where each is appended on its own.
+
+        `along`: a pipeline of another client on the same Redis, with commands of its own queued
+        (RQ's bookkeeping of the reply's enqueue, `jobqueue.bookkeeping_pipeline`). The script
+        goes with them, as a bare EVALSHA (so no SCRIPT EXISTS first), and the pipeline is
+        executed here, whatever befalls the events. A Redis that lost its scripts (restarted)
+        runs the rest and answers NOSCRIPT for ours: the script is then sent on its own."""
         if _is_cluster(self.redis):  # the logs live in different slots: one call each
+            if along is not None:
+                self._execute(along, entries)
             for target, kind, data in entries:
                 self.append(target, kind, data)
             if settle is not None:
@@ -185,11 +195,29 @@ class Publisher:
         if settle is not None:
             logs.append(keys.session_log(settle))
             args.append(self.retain_ms)
+        if along is not None:
+            along.evalsha(self._append_many.sha, len(logs), *logs, *args)
+            if self._execute(along, entries):
+                return
         try:
             self._append_many(keys=logs, args=args)
         except RedisError as error:
-            log.warning("events not appended (Redis unavailable): pages catch up from the database",
-                        extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})
+            self._not_appended(entries, error)
+
+    def _execute(self, pipeline: Pipeline, entries) -> bool:
+        """Send `pipeline`; False if our script must be sent again on its own (NOSCRIPT)."""
+        try:
+            pipeline.execute()
+        except NoScriptError:
+            return False
+        except RedisError as error:
+            self._not_appended(entries, error)
+        return True
+
+    @staticmethod
+    def _not_appended(entries, error: RedisError) -> None:
+        log.warning("events not appended (Redis unavailable): pages catch up from the database",
+                    extra={"events": ",".join(kind for _, kind, _ in entries), "error": type(error).__name__})
 
     def settle(self, session_id: str) -> None:
         """A reply is attached: its session's log is kept `retain_s` more for late readers."""

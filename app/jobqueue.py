@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -65,18 +66,32 @@ def _retry(retries: int) -> Retry:
     return Retry(max=retries + 1, interval=intervals)
 
 
-def enqueue_reply(queue: Queue, settings: Settings, message: Stored) -> str:
+def enqueue_reply(queue: Queue, settings: Settings, message: Stored, pipeline: Pipeline | None = None) -> str:
     """Enqueue the reply job of a committed user message; a job already there is left alone.
 
     If Redis refuses, the error propagates: the message is committed and `pending`, and the
-    sweeper enqueues it again (it uses this same function and job id).
+    sweeper enqueues it again (it uses this same function and job id). `pipeline`: see
+    `bookkeeping_pipeline`.
     """
     job_id = reply_job_id(queue.name, message)
-    _enqueue(queue, settings, message, job_id, f"reply to message {message.id}")
+    _enqueue(queue, settings, message, job_id, f"reply to message {message.id}", pipeline)
     return job_id
 
 
-def _enqueue(queue: Queue, settings: Settings, message: Stored, job_id: str, description: str) -> bool:
+def bookkeeping_pipeline(queue: Queue, settings: Settings) -> Pipeline | None:
+    """A transaction on the queue's connection for `enqueue_reply(pipeline=)`, or None when the
+    queue has a Redis of its own (ARZANI_QUEUE_REDIS_URL: then nothing of ours can share it).
+
+    With a unique job id, RQ saves and pushes the job at once, in its own atomic script (so a
+    duplicate is refused at once, and the caller learns it before anything else is sent); what it
+    queues on the pipeline is only its bookkeeping, the queue's name in `rq:queues`. The caller
+    adds its own commands for the same Redis (the message's announcements) and executes the
+    pipeline: one round trip for both, where RQ alone would have sent one of its own."""
+    return None if settings.queue_redis_url else queue.connection.pipeline()
+
+
+def _enqueue(queue: Queue, settings: Settings, message: Stored, job_id: str, description: str,
+             pipeline: Pipeline | None = None) -> bool:
     """One reply job under `job_id`, with the retry schedule and the failure callback; False if a
     job of that id is there already (RQ refuses it atomically)."""
     try:
@@ -89,17 +104,19 @@ def _enqueue(queue: Queue, settings: Settings, message: Stored, job_id: str, des
             retry=_retry(settings.reply_retries),
             on_failure=Callback(REPLY_FAILED_CALLBACK),
             description=description,
+            pipeline=pipeline,
         )
     except DuplicateJobError:
         return False
     return True
 
 
-def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message: Stored) -> str:
+def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message: Stored,
+                                      pipeline: Pipeline | None = None) -> str:
     """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
     the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
     try:
-        return enqueue_reply(queue, settings, message)
+        return enqueue_reply(queue, settings, message, pipeline)
     except RedisError as exc:
         log.error("reply enqueue failed; the sweeper will enqueue it",
                   extra={"message_id": message.id, "error": repr(exc)})
