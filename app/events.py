@@ -181,8 +181,7 @@ class Publisher:
         executed here, whatever befalls the events. A Redis that lost its scripts (restarted)
         runs the rest and answers NOSCRIPT for ours: the script is then sent on its own."""
         if _is_cluster(self.redis):  # the logs live in different slots: one call each
-            if along is not None:
-                self._execute(along, entries)
+            # (no `along` here: a cluster needs ARZANI_QUEUE_REDIS_URL, so RQ's Redis is not ours)
             for target, kind, data in entries:
                 self.append(target, kind, data)
             if settle is not None:
