@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, func, or_, select, update
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -134,12 +137,15 @@ def post_message(
     if interrupt is not None:
         interrupt()
     for attempt in range(STALE_KEY_ATTEMPTS):
-        resolved = services.sessions.resolve(session_id, user_id)
+        resolved = services.sessions.resolve_recent(session_id, user_id)
         try:
             message = store_user_message(services, resolved.conversation_id, session_id, user_id,
                                          content, client_message_id, reject_if_busy=reject_if_busy)
             break
         except StaleConversation:
+            if resolved.recent:  # this process's memory of the session is out of date: ask Redis
+                services.sessions.recent.drop(session_id, user_id)
+                continue
             # The tracked key named a conversation the database does not have live for this
             # session (deleted, or a key from before a restore). The database wins: drop the key,
             # resolve again; a key that keeps coming back stale is a 503, never a 500.
@@ -156,24 +162,67 @@ def post_message(
     if message is None:  # the same client_message_id, stored at the same instant by a twin request
         existing = _find_in_session(services, session_id, user_id, client_message_id)
         return _replayed(services, session_id, existing, content, resolved.how)
-    metrics.messages_accepted.inc()
     # The reply's job is saved and queued at once; RQ's bookkeeping of it waits in `along` and
     # goes to Redis with the announcements, in one round trip.
     along = jobqueue.bookkeeping_pipeline(services.queue, services.settings)
-    job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message, along)
+    if resolved.recent:
+        # Redis was not asked before the insert: its first word is the enqueue. Redis down is
+        # then "nothing stored" still, as when the touch fails: the message is withdrawn.
+        job_id = _enqueue_or_withdraw(services, session_id, user_id, message, along)
+        along = along if along is not None else services.redis.pipeline(transaction=False)
+        renewal = services.sessions.renew_along(along, session_id, user_id)
+    else:
+        job_id = jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message, along)
+    metrics.messages_accepted.inc()
     shown = message_json(message)
-    _announce_message(services, user_id, session_id, resolved, shown, along)
-    return PostedMessage(session_id, resolved.conversation_id, shown, job_id, True, resolved.how)
+    answers = _announce_message(services, user_id, session_id, resolved, shown, along)
+    how = resolved.how
+    if resolved.recent:
+        how = services.sessions.renewed(session_id, user_id, resolved.conversation_id,
+                                        answers[renewal] if answers is not None else None)
+    return PostedMessage(session_id, resolved.conversation_id, shown, job_id, True, how)
+
+
+def _enqueue_or_withdraw(services: Wiring, session_id: str, user_id: int, message: Message, along) -> str:
+    """Enqueue the reply of a message stored without asking Redis first (a recent session). If
+    Redis does not answer, the message is deleted again and the error goes on (503 "nothing was
+    stored", what the touch's failure says for any other message). Any other refusal leaves it
+    to the sweeper, as for every message. A job that Redis did save before the connection broke
+    finds no message and ends (workers/jobs.py: no_such_user_message); a reply job's id carries
+    the message's creation time, so no later message can meet it under a reused id."""
+    try:
+        return jobqueue.enqueue_reply(services.queue, services.settings, message, along)
+    except (RedisConnectionError, RedisTimeoutError):
+        services.sessions.recent.drop(session_id, user_id)
+        _withdraw(services, message)
+        raise
+    except RedisError as exc:
+        log.error("reply enqueue failed; the sweeper will enqueue it",
+                  extra={"message_id": message.id, "error": repr(exc)})
+        return jobqueue.reply_job_id(services.queue.name, message)
+
+
+def _withdraw(services: Wiring, message: Message) -> None:
+    """Undo store_user_message for a message nobody was told of: the row goes, the count with it."""
+    with services.db.write() as db:
+        deleted = db.execute(delete(Message).where(Message.id == message.id,
+                                                   Message.status == MessageStatus.PENDING)).rowcount
+        if deleted:
+            db.execute(update(Conversation).where(Conversation.id == message.conversation_id)
+                       .values(message_count=Conversation.message_count - 1))
+    log.warning("Redis unavailable after a message to a recent session was stored: withdrawn (503)",
+                extra={"message_id": message.id, "conversation_id": message.conversation_id})
 
 
 def _announce_message(services: Wiring, user_id: int, session_id: str, resolved, message: dict,
-                      along=None) -> None:
+                      along=None) -> list | None:
     """Tell the session's other tabs (its log) and all the user's tabs (their log); after the commit,
     so that whoever hears of it can read it. `along`: see events.Publisher.announce."""
     where = {"conversation_id": resolved.conversation_id, "session_id": session_id}
     created = [services.events.to_user(user_id, "created", **where)] if resolved.how == "created" else []
-    services.events.announce(services.events.to_session(session_id, "message", message=message), *created,
-                             services.events.to_user(user_id, "message", **where, message=message), along=along)
+    return services.events.announce(services.events.to_session(session_id, "message", message=message), *created,
+                                    services.events.to_user(user_id, "message", **where, message=message),
+                                    along=along)
 
 
 DEFAULT_MESSAGES_PAGE = 100

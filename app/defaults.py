@@ -161,3 +161,11 @@ monitor NAME ...`); `mymaster` is the name in Redis's sample sentinel.conf, RQ's
 
 REDIS_SOCKET_TIMEOUT_S = 5.0
 """A Redis command that takes longer than this is treated as Redis being unavailable."""
+
+RECENT_SESSIONS = 10_000
+"""Sessions each web process remembers the conversation of (sessions.RecentSessions), so that a
+message to one of them asks Redis nothing before its insert. About 200 bytes each."""
+
+RECENT_SESSION_MAX_AGE_S = 60.0
+"""How long such an entry is used after Redis last named its conversation (each message's renewal
+names it again). A stale entry costs nothing but a second try: the insert validates it."""

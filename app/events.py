@@ -167,7 +167,7 @@ class Publisher:
         return user_log(user_id), kind, {"type": kind, **data}
 
     def announce(self, *entries: tuple[Log, str, dict], settle: str | None = None,
-                 along: Pipeline | None = None) -> None:
+                 along: Pipeline | None = None) -> list | None:
         """Append several events (to_session, to_user) in one round trip; with `settle` (a session
         id), also start that session's retention (its reply is attached). One script for them all
         (EVALSHA of a registered script: not a pipeline of EVALs, whose script text is sent and
@@ -178,15 +178,17 @@ class Publisher:
         `along`: a pipeline of another client on the same Redis, with commands of its own queued
         (RQ's bookkeeping of the reply's enqueue, `jobqueue.bookkeeping_pipeline`). The script
         goes with them, as a bare EVALSHA (so no SCRIPT EXISTS first), and the pipeline is
-        executed here, whatever befalls the events. A Redis that lost its scripts (restarted)
-        runs the rest and answers NOSCRIPT for ours: the script is then sent on its own."""
-        if _is_cluster(self.redis):  # the logs live in different slots: one call each
+        executed here, whatever befalls the events, and its answers are returned (an error in
+        place of a command's answer; None if Redis answered nothing). A Redis that lost its
+        scripts (restarted) runs the rest and answers NOSCRIPT for ours: the script is then sent
+        on its own."""
+        if is_cluster(self.redis):  # the logs live in different slots: one call each
             # (no `along` here: a cluster needs ARZANI_QUEUE_REDIS_URL, so RQ's Redis is not ours)
             for target, kind, data in entries:
                 self.append(target, kind, data)
             if settle is not None:
                 self.settle(settle)
-            return
+            return None
         logs, args = [], []
         for target, kind, data in entries:
             logs.append(target.key)
@@ -194,24 +196,34 @@ class Publisher:
         if settle is not None:
             logs.append(keys.session_log(settle))
             args.append(self.retain_ms)
+        answers = None
         if along is not None:
             along.evalsha(self._append_many.sha, len(logs), *logs, *args)
-            if self._execute(along, entries):
-                return
+            answers = self._execute(along, entries)
+            if answers is None or not isinstance(answers[-1], NoScriptError):
+                return answers
         try:
             self._append_many(keys=logs, args=args)
         except RedisError as error:
             self._not_appended(entries, error)
+        return answers
 
-    def _execute(self, pipeline: Pipeline, entries) -> bool:
-        """Send `pipeline`; False if our script must be sent again on its own (NOSCRIPT)."""
+    def _execute(self, pipeline: Pipeline, entries) -> list | None:
+        """Send `pipeline` (our script is its last command): its answers, errors in place, or
+        None if Redis answered nothing. Each command's error is its own: the others' (RQ's, a
+        session's renewal) must not be taken for ours, which is looked at alone."""
         try:
-            pipeline.execute()
-        except NoScriptError:
-            return False
+            answers = pipeline.execute(raise_on_error=False)
         except RedisError as error:
             self._not_appended(entries, error)
-        return True
+            return None
+        if isinstance(answers[-1], RedisError) and not isinstance(answers[-1], NoScriptError):
+            self._not_appended(entries, answers[-1])
+        for answer in answers[:-1]:
+            if isinstance(answer, RedisError) and not isinstance(answer, NoScriptError):
+                log.warning("a command sent with the announcements failed",
+                            extra={"error": f"{type(answer).__name__}: {answer}"})
+        return answers
 
     @staticmethod
     def _not_appended(entries, error: RedisError) -> None:
@@ -226,7 +238,7 @@ class Publisher:
             pass  # the log keeps its live TTL instead
 
 
-def _is_cluster(client) -> bool:
+def is_cluster(client) -> bool:
     from redis.cluster import RedisCluster
 
     return isinstance(client, RedisCluster)

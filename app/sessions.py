@@ -15,7 +15,10 @@ last activity in epoch ms), and the lock's fence counter lives in the same hash 
 key per session, about 190 bytes. Who created the conversation, and when, is the database's row.
 "Another user's session answers exactly like a missing one" is one function here, `ensure_owner`.
 
-Fast path: one Lua call reads the tracked hash `arzani:session:{SID}` and renews its TTL. Slow
+Fast path: one Lua call reads the tracked hash `arzani:session:{SID}` and renews its TTL. Faster
+path (`resolve_recent`, POST .../messages only): a session this process resolved lately is taken
+from `RecentSessions` without asking Redis; the database's insert validates it (live, this session,
+this user) and the renewal rides the round trip after the insert (`renew_along`). Slow
 path: take the session's lock (`SET NX PX`, fenced, see app/locks.py), look again in Redis and then
 in the database (a conversation may exist whose key was lost), create the conversation only if
 none exists, and write the hash in the same script that releases the lock and wakes the waiters.
@@ -29,12 +32,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from sqlalchemy import func, select
 
 from app import defaults, events, keys, metrics
@@ -135,6 +140,61 @@ class ResolvedSession:
     # how the conversation was found: "tracked" (the Redis key), "created" (this call made it),
     # "waited" (another process made it while we waited), "recovered" (from the database)
     how: str
+    # taken from this process's RecentSessions, Redis not asked: the insert validates it, and
+    # the caller renews the hash with `renew_along` and tells `renewed` what Redis answered
+    recent: bool = False
+
+
+class RecentSessions:
+    """The sessions this process resolved lately: (session, user) -> conversation id, at most
+    `size` of them (least recently used dropped first), each for `max_age_s` after Redis last
+    named it.
+
+    It saves a message to a recent session its one round trip before the insert (issue 15: the
+    touch was the whole gap between POST .../messages and the baseline endpoint). Nothing is lost
+    when an entry is stale: the insert's UPDATE accepts only the live conversation of this session
+    and user (conversations.store_user_message), and a stale entry is dropped and the session
+    resolved through Redis again. An entry is dropped too when the renewal after the insert finds
+    the hash gone or naming another conversation (Redis restarted empty, an operator's cleanup or
+    repair), so the next message goes through Redis and rebuilds it. functools.lru_cache has no
+    per-entry age or removal, hence this small class; a lock, since gthread workers share it."""
+
+    def __init__(self, size: int = defaults.RECENT_SESSIONS, max_age_s: float = defaults.RECENT_SESSION_MAX_AGE_S):
+        self.size, self.max_age_s = size, max_age_s
+        self._entries: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str, user_id: int) -> str | None:
+        with self._lock:
+            entry = self._entries.get((session_id, user_id))
+            if entry is None:
+                return None
+            if time.monotonic() - entry[1] > self.max_age_s:
+                del self._entries[(session_id, user_id)]
+                return None
+            self._entries.move_to_end((session_id, user_id))
+            return entry[0]
+
+    def put(self, session_id: str, user_id: int, conversation_id: str) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._entries[(session_id, user_id)] = (conversation_id, time.monotonic())
+            self._entries.move_to_end((session_id, user_id))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def drop(self, session_id: str, user_id: int | None = None) -> None:
+        """Forget the session (for one user, or for every user it was known for)."""
+        with self._lock:
+            if user_id is not None:
+                self._entries.pop((session_id, user_id), None)
+            else:
+                for key in [key for key in self._entries if key[0] == session_id]:
+                    del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class SessionService:
@@ -148,6 +208,7 @@ class SessionService:
         max_reservations: int = defaults.MAX_RESERVATIONS,
         process_kind: str = "web",
         hub=None,
+        recent_sessions: int = defaults.RECENT_SESSIONS,
     ):
         """`hub`: the process's events.Hub, if it has one (web): lock waiters then listen for the
         release through its one connection instead of a pub/sub connection each."""
@@ -160,6 +221,9 @@ class SessionService:
         self.process_kind = process_kind
         self._touch = redis.register_script(_TOUCH)
         self._forget = redis.register_script(_FORGET)
+        # A cluster client gets none: its renewal could not ride the announcements' round trip
+        # (events.Publisher appends each log on its own there), so the saving would be nil.
+        self.recent = RecentSessions(size=0 if events.is_cluster(redis) else recent_sessions)
 
     # -- Redis side ------------------------------------------------------------------------
 
@@ -242,6 +306,7 @@ class SessionService:
 
     def forget(self, session_id: str, conversation_id: str) -> bool:
         """Drop the tracked key if (and only if) it still names `conversation_id`."""
+        self.recent.drop(session_id)
         return bool(self._forget(keys=[keys.session_key(session_id)], args=[conversation_id]))
 
     # -- resolution ------------------------------------------------------------------------
@@ -250,8 +315,61 @@ class SessionService:
         tracked = self.touch(session_id, user_id)
         ensure_owner([tracked.user_id], user_id)
         if tracked.conversation_id:
-            return ResolvedSession(session_id, tracked.conversation_id, user_id, "tracked")
-        return self._resolve_slow(session_id, user_id)
+            resolved = ResolvedSession(session_id, tracked.conversation_id, user_id, "tracked")
+        else:
+            resolved = self._resolve_slow(session_id, user_id)
+        self.recent.put(session_id, user_id, resolved.conversation_id)
+        return resolved
+
+    def resolve_recent(self, session_id: str, user_id: int) -> ResolvedSession:
+        """`resolve`, but a session this process resolved lately (RecentSessions) is answered
+        without Redis. Only for a caller that validates the conversation in its own write (the
+        insert of POST .../messages), then renews the hash (`renew_along`) and hands Redis's
+        answer to `renewed`."""
+        conversation_id = self.recent.get(session_id, user_id)
+        if conversation_id is not None:
+            return ResolvedSession(session_id, conversation_id, user_id, "tracked", recent=True)
+        return self.resolve(session_id, user_id)
+
+    def renew_along(self, pipeline, session_id: str, user_id: int) -> int:
+        """Queue the touch (the hash renewed, its fields read) on `pipeline`, a pipeline to our
+        Redis that the caller executes; the command's index in it. A bare EVALSHA: a Redis that
+        lost its scripts answers NOSCRIPT, which `renewed` treats as a hash to look at again."""
+        pipeline.evalsha(self._touch.sha, 1, keys.session_key(session_id), now_ms(), self.session_ttl_ms, user_id)
+        return len(pipeline) - 1
+
+    def renewed(self, session_id: str, user_id: int, conversation_id: str, answer) -> str:
+        """After a message was stored in `conversation_id` (the database accepted it as the live
+        conversation of this session and user), given the renewal's answer (the hash's fields,
+        flat; an error; None when Redis answered nothing): how the session resolved, as
+        `resolve` says it. "tracked" if Redis named this conversation. Otherwise the hash is put
+        right now, as `resolve` would have before the insert: a stale key is dropped, and the
+        session resolved under its lock from the database ("recovered"), so a key that Redis
+        lost (restarted empty, evicted) is back after the message, as it is for any message."""
+        if answer is None:  # Redis went away after the enqueue: the message is stored and queued
+            self.recent.drop(session_id, user_id)
+            return "tracked"
+        # (RQ's connection, whose transaction it may ride, answers bytes)
+        flat = [item.decode() if isinstance(item, bytes) else item for item in answer] if isinstance(answer, list) else []
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        named = fields.get(CONVERSATION_FIELD)
+        if named == conversation_id and fields.get(USER_FIELD) == str(user_id):
+            self.recent.put(session_id, user_id, conversation_id)
+            return "tracked"
+        self.recent.drop(session_id, user_id)
+        try:
+            if named is not None and fields.get(USER_FIELD) == str(user_id):
+                metrics.session_mismatches.labels(side="web").inc()
+                log.warning("session key disagrees with the database: key dropped, session resolved again",
+                            extra={"session_id": session_id, "conversation_id": named,
+                                   "proc": process_name(self.process_kind)})
+                self.forget(session_id, named)
+            return self.resolve(session_id, user_id).how
+        except (RedisError, NotFound, SessionBusy) as error:
+            # The message is stored and its reply queued: the next message puts the key right.
+            log.warning("session key not put right after a message; the next one will",
+                        extra={"session_id": session_id, "error": type(error).__name__})
+            return "tracked"
 
     def _resolve_slow(self, session_id: str, user_id: int) -> ResolvedSession:
         # A holder that dies leaves its lock for lock_ttl_ms; waiting twice that and a little

@@ -160,6 +160,8 @@ class Wiring:
             max_reservations=self.settings.max_reservations,
             process_kind=self.process_kind,
             hub=self.event_hub if self.process_kind == "web" else None,
+            # only POST .../messages uses it (resolve_recent): a worker or a command keeps none
+            recent_sessions=defaults.RECENT_SESSIONS if self.process_kind == "web" else 0,
         )
 
     def _limiter(self, limit: str | None) -> RateLimiter | None:

@@ -75,28 +75,49 @@ def _count_round_trips(monkeypatch) -> dict[str, list[bytes]]:
     return sent
 
 
-def test_a_message_to_a_known_session_is_one_round_trip_of_ours_beyond_rqs_enqueue(api, services, monkeypatch):
-    """Ours: the session hash read and renewed in one script. RQ's enqueue is its two: the unique
-    job's script, and its bookkeeping (the queue in `rq:queues`), which carries the announcements
-    to the session's and the user's logs in the same transaction (issue 15)."""
+def test_a_message_to_a_recent_session_asks_our_redis_nothing_beyond_rqs_enqueue(api, services, monkeypatch):
+    """A session this process resolved lately: no round trip of ours at all (issue 15). The
+    insert validates the conversation; RQ's enqueue is its two round trips, the unique job's
+    script and its bookkeeping (the queue in `rq:queues`), and that transaction carries the
+    session hash's renewal and the announcements to the session's and the user's logs."""
     from app import keys
 
     session_id = new_session_id()
     assert api.send(session_id, "first").status_code == 202
     services.rq_redis.delete("rq:queues")  # to see the bookkeeping done again
+    services.redis.hset(keys.session_key(session_id), "seen", 1)
+    services.redis.pexpire(keys.session_key(session_id), 5000)
     sent = _count_round_trips(monkeypatch)
     posted = api.send(session_id, "second")
     assert posted.status_code == 202
-    assert len(sent["ours"]) == 1 and b"EVALSHA" in sent["ours"][0]
+    assert posted.headers["Arzani-Session-Resolution"] == "tracked"
+    assert sent["ours"] == []
     assert len(sent["rq"]) == 2
     bookkeeping = sent["rq"][1]
-    assert b"MULTI" in bookkeeping and b"SADD" in bookkeeping and b"EVALSHA" in bookkeeping
+    assert b"MULTI" in bookkeeping and b"SADD" in bookkeeping and bookkeeping.count(b"EVALSHA") == 2
+    # renewed: its last activity and its TTL (ARZANI_SESSION_TTL, a week by default)
+    assert int(services.redis.hget(keys.session_key(session_id), "seen")) > 1
+    assert services.redis.pttl(keys.session_key(session_id)) > 5000
     log = services.redis.xrange(keys.session_log(session_id))
     assert [fields["type"] for _, fields in log][-1] == "message"
     user_log = services.redis.xrange(keys.user_log(api.user_id))
     assert [fields["type"] for _, fields in user_log][-1] == "message"
     assert services.queue.key.encode() in services.rq_redis.smembers("rq:queues")
     assert posted.json["job_id"] in services.queue.job_ids
+
+
+def test_a_session_new_to_the_process_is_one_round_trip_of_ours(api, services, monkeypatch):
+    """Another web process (its memory empty) reads and renews the session hash in one script
+    before the insert; the rest rides RQ's enqueue as above."""
+    session_id = new_session_id()
+    assert api.send(session_id, "first").status_code == 202
+    services.sessions.recent.drop(session_id)  # as a process that never saw the session
+    sent = _count_round_trips(monkeypatch)
+    posted = api.send(session_id, "second")
+    assert posted.status_code == 202
+    assert posted.headers["Arzani-Session-Resolution"] == "tracked"
+    assert len(sent["ours"]) == 1 and b"EVALSHA" in sent["ours"][0]
+    assert len(sent["rq"]) == 2 and sent["rq"][1].count(b"EVALSHA") == 1  # the announcements only
 
 
 def test_a_redis_that_lost_its_scripts_still_gets_the_announcements_and_the_bookkeeping(api, services):

@@ -65,6 +65,7 @@ def test_reconcile_merges_duplicate_conversations_into_the_oldest(arzani, api, s
                             created_at=utcnow() + timedelta(seconds=1))
         db.add(twin)
     services.redis.hset(keys.session_key(session_id), "cid", twin.id)
+    services.sessions.recent.drop(session_id)  # the chat went on in a process that asked Redis
     second = api.send(session_id, "second, in the twin").json
     assert second["conversation_id"] == twin.id
     with services.db.write() as db:  # legacy too: the id was idempotent per conversation then
