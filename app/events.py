@@ -142,6 +142,7 @@ class Publisher:
         self.retain_ms = int(retain_s * 1000)
         self._append = redis.register_script(_APPEND)
         self._append_many = redis.register_script(_APPEND_MANY)
+        self._cluster = is_cluster(redis)
 
     def append(self, target: Log, kind: str, data: dict) -> str | None:
         try:
@@ -182,7 +183,7 @@ class Publisher:
         place of a command's answer; None if Redis answered nothing). A Redis that lost its
         scripts (restarted) runs the rest and answers NOSCRIPT for ours: the script is then sent
         on its own."""
-        if is_cluster(self.redis):  # the logs live in different slots: one call each
+        if self._cluster:  # the logs live in different slots: one call each
             # (no `along` here: a cluster needs ARZANI_QUEUE_REDIS_URL, so RQ's Redis is not ours)
             for target, kind, data in entries:
                 self.append(target, kind, data)

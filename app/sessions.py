@@ -350,7 +350,8 @@ class SessionService:
             self.recent.drop(session_id, user_id)
             return "tracked"
         # (RQ's connection, whose transaction it may ride, answers bytes)
-        flat = [item.decode() if isinstance(item, bytes) else item for item in answer] if isinstance(answer, list) else []
+        flat = [item.decode() if isinstance(item, bytes) else item
+                for item in answer] if isinstance(answer, list) else []
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         named = fields.get(CONVERSATION_FIELD)
         if named == conversation_id and fields.get(USER_FIELD) == str(user_id):
