@@ -141,8 +141,14 @@ def bench_round_trips(services, client, headers, figures: Figures, messages: int
         commands = commands_processed(probe) - before - 1  # less the INFO that measured it
         return trips / messages, commands / messages
 
-    web_rt, web_cmd = measure(lambda n: client.post(f"/api/sessions/{session_id}/messages",
-                                                    json={"content": f"m{n}"}, headers=headers))
+    def post(n, forget=False):
+        if forget:  # as a web process that never saw the session (sessions.RecentSessions)
+            services.sessions.recent.drop(session_id)
+        client.post(f"/api/sessions/{session_id}/messages", json={"content": f"m{n}"}, headers=headers)
+
+    new_rt, _ = measure(lambda n: post(n, forget=True))
+    SimpleWorker([services.queue], connection=services.rq_redis).work(burst=True)
+    web_rt, web_cmd = measure(post)
     RoundTrips.count, before = 0, commands_processed(probe)
     SimpleWorker([services.queue], connection=services.rq_redis).work(burst=True)
     job_rt, job_cmd = RoundTrips.count / messages, (commands_processed(probe) - before - 1) / messages
@@ -152,6 +158,7 @@ def bench_round_trips(services, client, headers, figures: Figures, messages: int
     base_job_rt, base_job_cmd = RoundTrips.count / messages, (commands_processed(probe) - before - 1) / messages
     figures.add("web: Redis round trips / message", web_rt, base_rt, "rt")
     figures.add("web: round trips of ours (beyond RQ's enqueue)", web_rt - base_rt, None, "rt", "<= 1")
+    figures.add("  the same, a session new to the web process", new_rt - base_rt, None, "rt", "<= 1")
     figures.add("web: Redis commands / message", web_cmd, base_cmd, "cmd")
     figures.add("end to end: round trips / message", web_rt + job_rt, base_rt + base_job_rt, "rt")
     figures.add("end to end: commands / message", web_cmd + job_cmd, base_cmd + base_job_cmd, "cmd")
@@ -206,7 +213,10 @@ def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 1
             ours.append(pct(extra, q))
             base.append(pct(winners, q))
     figures.add_rounds("lock hand-off: losers' extra wait p50", *figures_of[50], "ms")
-    figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 5 ms")
+    # The issue asks the hand-off to stay ahead of redis-py's polling (p99 42.90 ms in its run);
+    # 10 ms keeps it four times ahead. (It was 5 ms, set when 16 threads of one process raced; 16
+    # processes on 2 cores put its p99 at 3 to 6 ms, astride that line: verdicts flipped.)
+    figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 10 ms")
 
 
 def _post_many(port: int, token: str, path_of, total: int, threads: int, first: int = 0) -> float:
