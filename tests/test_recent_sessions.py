@@ -155,6 +155,22 @@ def test_another_user_is_never_answered_from_the_owners_memory(make_api, service
     assert _messages(services) == 1
 
 
+def test_a_hash_that_names_another_user_after_the_insert_is_no_500(make_api, services):
+    """Redis lost the key and another user claimed the id (a reservation) while this process still
+    knew the session: the database took the owner's message in the owner's conversation, so it is
+    answered 202; the hash is left to its claimant, and the next message asks Redis again."""
+    alice, bob = make_api("alice"), make_api("bob")
+    session_id = new_session_id()
+    first = alice.send(session_id, "mine").json
+    services.redis.delete(keys.session_key(session_id))
+    services.redis.hset(keys.session_key(session_id), mapping={"uid": bob.user_id, "seen": 1})
+    second = alice.send(session_id, "still mine")
+    assert second.status_code == 202
+    assert second.json["conversation_id"] == first["conversation_id"]
+    assert services.redis.hget(keys.session_key(session_id), "uid") == str(bob.user_id)
+    assert services.sessions.recent.get(session_id, alice.user_id) is None
+
+
 def test_a_conversation_deleted_in_another_process_starts_one_new_one(api, services, other_process):
     other, _wiring = other_process
     session_id = new_session_id()
