@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -191,15 +190,12 @@ def _enqueue_or_withdraw(services: Wiring, session_id: str, user_id: int, messag
     finds no message and ends (workers/jobs.py: no_such_user_message); a reply job's id carries
     the message's creation time, so no later message can meet it under a reused id."""
     try:
-        return jobqueue.enqueue_reply(services.queue, services.settings, message, along)
+        return jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message, along,
+                                                          unreachable_raises=True)
     except (RedisConnectionError, RedisTimeoutError):
         services.sessions.recent.drop(session_id, user_id)
         _withdraw(services, message)
         raise
-    except RedisError as exc:
-        log.error("reply enqueue failed; the sweeper will enqueue it",
-                  extra={"message_id": message.id, "error": repr(exc)})
-        return jobqueue.reply_job_id(services.queue.name, message)
 
 
 def _withdraw(services: Wiring, message: Message) -> None:
@@ -348,8 +344,11 @@ def _replayed(services: Wiring, session_id: str, original: Message, content: str
             "use a new client_message_id for a new message")
     if original.status == MessageStatus.PENDING:
         # The client retried: perhaps because the first enqueue failed. RQ refuses a duplicate
-        # job id, so this costs one round trip and never makes a second job.
-        jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, original)
+        # job id, so this costs one round trip and never makes a second job. Redis unreachable is
+        # a 503 here, never "stored": the first request may be withdrawing this very message
+        # (_enqueue_or_withdraw), and a 200 for it would tell the client a deleted message is kept.
+        jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, original,
+                                                   unreachable_raises=True)
     return PostedMessage(session_id, original.conversation_id, message_json(original),
                          jobqueue.reply_job_id(services.queue.name, original), False, how)
 

@@ -16,7 +16,9 @@ from typing import Protocol
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
@@ -112,12 +114,16 @@ def _enqueue(queue: Queue, settings: Settings, message: Stored, job_id: str, des
 
 
 def enqueue_reply_or_leave_to_sweeper(queue: Queue, settings: Settings, message: Stored,
-                                      pipeline: Pipeline | None = None) -> str:
+                                      pipeline: Pipeline | None = None, *, unreachable_raises: bool = False) -> str:
     """The message is committed: answering 503 now would invite a duplicate. If Redis refuses
-    the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it."""
+    the job, the message stays `pending` and the sweeper (workers/maintenance.py) enqueues it.
+    `unreachable_raises`: a Redis that does not answer (connection, timeout) raises instead, for
+    a caller that answers 503 then (conversations.py: a message it withdraws, a retry of one)."""
     try:
         return enqueue_reply(queue, settings, message, pipeline)
     except RedisError as exc:
+        if unreachable_raises and isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            raise
         log.error("reply enqueue failed; the sweeper will enqueue it",
                   extra={"message_id": message.id, "error": repr(exc)})
         return reply_job_id(queue.name, message)

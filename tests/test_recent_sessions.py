@@ -106,6 +106,57 @@ def test_redis_down_after_the_session_is_known_is_503_and_nothing_is_stored(api,
     assert after.json["job_id"] in services.queue.job_ids
 
 
+def test_a_retry_that_meets_the_message_being_withdrawn_is_503_too(api, services, redis_server, monkeypatch):
+    """The same client_message_id twice at once while Redis is down: the second finds the first's
+    row (committed, not yet withdrawn) and would answer 200 "already stored" for a message that is
+    about to be deleted. It answers 503 as well; nothing is kept, and a later retry stores it once."""
+    from app import conversations
+
+    session_id = new_session_id()
+    assert api.send(session_id, "first").status_code == 202
+    real_withdraw, twin = conversations._withdraw, {}
+
+    def withdraw_after_the_twin(services_, message):
+        # exactly between the first request's failed enqueue and its delete
+        twin["response"] = api.send(session_id, "once", client_message_id="cm-1")
+        real_withdraw(services_, message)
+
+    monkeypatch.setattr(conversations, "_withdraw", withdraw_after_the_twin)
+    redis_server.stop()
+    try:
+        first = api.send(session_id, "once", client_message_id="cm-1")
+    finally:
+        redis_server.start()
+    assert first.status_code == 503
+    assert twin["response"].status_code == 503
+    assert _messages(services) == 1
+    monkeypatch.undo()
+    stored = api.send(session_id, "once", client_message_id="cm-1")
+    assert stored.status_code == 202
+    assert api.send(session_id, "once", client_message_id="cm-1").json["message"]["id"] == stored.json["message"]["id"]
+    assert _messages(services) == 2
+
+
+def test_a_retry_of_a_stored_pending_message_while_redis_is_down_is_503_then_200(api, services, redis_server):
+    """The message is stored and left to the sweeper (its enqueue refused); its retry during an
+    outage cannot re-enqueue and says so (503), and after it answers the first message (200)."""
+    session_id = new_session_id()
+    assert api.send(session_id, "first").status_code == 202
+    services.rq_redis.set(services.queue.key, "not a list")  # Redis refuses RQ's push (WRONGTYPE)
+    stored = api.send(session_id, "kept", client_message_id="cm-2")
+    assert stored.status_code == 202
+    services.rq_redis.delete(services.queue.key)
+    redis_server.stop()
+    try:
+        assert api.send(session_id, "kept", client_message_id="cm-2").status_code == 503
+    finally:
+        redis_server.start()
+    again = api.send(session_id, "kept", client_message_id="cm-2")
+    assert again.status_code == 200
+    assert again.json["message"]["id"] == stored.json["message"]["id"]
+    assert _messages(services) == 2
+
+
 def test_a_redis_restarted_empty_gets_the_key_back_with_the_next_message(api, services):
     session_id = new_session_id()
     first = api.send(session_id, "one").json
