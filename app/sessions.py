@@ -154,9 +154,10 @@ class RecentSessions:
     touch was the whole gap between POST .../messages and the baseline endpoint). Nothing is lost
     when an entry is stale: the insert's UPDATE accepts only the live conversation of this session
     and user (conversations.store_user_message), and a stale entry is dropped and the session
-    resolved through Redis again. An entry is dropped too when the renewal after the insert finds
-    the hash gone or naming another conversation (Redis restarted empty, an operator's cleanup or
-    repair), so the next message goes through Redis and rebuilds it. functools.lru_cache has no
+    resolved through Redis again. When the renewal after the insert finds the hash gone or naming
+    another conversation (Redis restarted empty, an operator's cleanup or repair), the entry is
+    dropped and the session resolved again at once (`renewed`), so the key is back after the
+    message, as for a message that asked Redis first. functools.lru_cache has no
     per-entry age or removal, hence this small class; a lock, since gthread workers share it."""
 
     def __init__(self, size: int = defaults.RECENT_SESSIONS, max_age_s: float = defaults.RECENT_SESSION_MAX_AGE_S):
