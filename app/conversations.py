@@ -35,7 +35,6 @@ from app.errors import (
     SessionBusy,
 )
 from app.models import Conversation, Message, MessageRole, MessageStatus, ReplyVersion, utcnow
-from app.sessions import process_name
 
 if TYPE_CHECKING:
     from app.wiring import Wiring
@@ -143,18 +142,10 @@ def post_message(
             break
         except StaleConversation:
             if resolved.recent:  # this process's memory of the session is out of date: ask Redis
-                services.sessions.recent.drop(session_id, user_id)
+                services.sessions.recent.drop(session_id)
                 continue
-            # The tracked key named a conversation the database does not have live for this
-            # session (deleted, or a key from before a restore). The database wins: drop the key,
-            # resolve again; a key that keeps coming back stale is a 503, never a 500.
-            metrics.session_mismatches.labels(side="web").inc()
-            log.warning(
-                "session key disagrees with the database: key dropped, session resolved again",
-                extra={"session_id": session_id, "conversation_id": resolved.conversation_id,
-                       "proc": process_name(services.process_kind), "attempt": attempt + 1},
-            )
-            services.sessions.forget(session_id, resolved.conversation_id)
+            # A key that keeps coming back stale is a 503 (below), never a 500.
+            services.sessions.drop_stale_key(session_id, resolved.conversation_id, attempt + 1)
     else:
         raise SessionBusy("the session's conversation kept changing while the message was stored: "
                           "nothing was stored, try again")
@@ -167,7 +158,7 @@ def post_message(
     if resolved.recent:
         # Redis was not asked before the insert: its first word is the enqueue. Redis down is
         # then "nothing stored" still, as when the touch fails: the message is withdrawn.
-        job_id = _enqueue_or_withdraw(services, session_id, user_id, message, along)
+        job_id = _enqueue_or_withdraw(services, session_id, message, along)
         along = along if along is not None else services.redis.pipeline(transaction=False)
         renewal = services.sessions.renew_along(along, session_id, user_id)
     else:
@@ -182,7 +173,7 @@ def post_message(
     return PostedMessage(session_id, resolved.conversation_id, shown, job_id, True, how)
 
 
-def _enqueue_or_withdraw(services: Wiring, session_id: str, user_id: int, message: Message, along) -> str:
+def _enqueue_or_withdraw(services: Wiring, session_id: str, message: Message, along) -> str:
     """Enqueue the reply of a message stored without asking Redis first (a recent session). If
     Redis does not answer, the message is deleted again and the error goes on (503 "nothing was
     stored", what the touch's failure says for any other message). Any other refusal leaves it
@@ -193,7 +184,7 @@ def _enqueue_or_withdraw(services: Wiring, session_id: str, user_id: int, messag
         return jobqueue.enqueue_reply_or_leave_to_sweeper(services.queue, services.settings, message, along,
                                                           unreachable_raises=True)
     except (RedisConnectionError, RedisTimeoutError):
-        services.sessions.recent.drop(session_id, user_id)
+        services.sessions.recent.drop(session_id)
         _withdraw(services, message)
         raise
 

@@ -146,9 +146,10 @@ class ResolvedSession:
 
 
 class RecentSessions:
-    """The sessions this process resolved lately: (session, user) -> conversation id, at most
-    `size` of them (least recently used dropped first), each for `max_age_s` after Redis last
-    named it.
+    """The sessions this process resolved lately: session -> (its user, its conversation id), at
+    most `size` of them (least recently used dropped first), each for `max_age_s` after Redis
+    last named it. Keyed by the session alone: a session has one owner, and another user's
+    lookup finds nothing (and evicts nothing).
 
     It saves a message to a recent session its one round trip before the insert (issue 15: the
     touch was the whole gap between POST .../messages and the baseline endpoint). Nothing is lost
@@ -162,37 +163,32 @@ class RecentSessions:
 
     def __init__(self, size: int = defaults.RECENT_SESSIONS, max_age_s: float = defaults.RECENT_SESSION_MAX_AGE_S):
         self.size, self.max_age_s = size, max_age_s
-        self._entries: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, session_id: str, user_id: int) -> str | None:
         with self._lock:
-            entry = self._entries.get((session_id, user_id))
-            if entry is None:
+            entry = self._entries.get(session_id)
+            if entry is None or entry[0] != user_id:
                 return None
-            if time.monotonic() - entry[1] > self.max_age_s:
-                del self._entries[(session_id, user_id)]
+            if time.monotonic() - entry[2] > self.max_age_s:
+                del self._entries[session_id]
                 return None
-            self._entries.move_to_end((session_id, user_id))
-            return entry[0]
+            self._entries.move_to_end(session_id)
+            return entry[1]
 
     def put(self, session_id: str, user_id: int, conversation_id: str) -> None:
         if self.size <= 0:
             return
         with self._lock:
-            self._entries[(session_id, user_id)] = (conversation_id, time.monotonic())
-            self._entries.move_to_end((session_id, user_id))
+            self._entries[session_id] = (user_id, conversation_id, time.monotonic())
+            self._entries.move_to_end(session_id)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
-    def drop(self, session_id: str, user_id: int | None = None) -> None:
-        """Forget the session (for one user, or for every user it was known for)."""
+    def drop(self, session_id: str) -> None:
         with self._lock:
-            if user_id is not None:
-                self._entries.pop((session_id, user_id), None)
-            else:
-                for key in [key for key in self._entries if key[0] == session_id]:
-                    del self._entries[key]
+            self._entries.pop(session_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -348,30 +344,35 @@ class SessionService:
         session resolved under its lock from the database ("recovered"), so a key that Redis
         lost (restarted empty, evicted) is back after the message, as it is for any message."""
         if answer is None:  # Redis went away after the enqueue: the message is stored and queued
-            self.recent.drop(session_id, user_id)
+            self.recent.drop(session_id)
             return "tracked"
         # (RQ's connection, whose transaction it may ride, answers bytes)
         flat = [item.decode() if isinstance(item, bytes) else item
                 for item in answer] if isinstance(answer, list) else []
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        named = fields.get(CONVERSATION_FIELD)
-        if named == conversation_id and fields.get(USER_FIELD) == str(user_id):
+        tracked = TrackedSession.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if tracked.conversation_id == conversation_id and tracked.user_id == user_id:
             self.recent.put(session_id, user_id, conversation_id)
             return "tracked"
-        self.recent.drop(session_id, user_id)
+        self.recent.drop(session_id)
         try:
-            if named is not None and fields.get(USER_FIELD) == str(user_id):
-                metrics.session_mismatches.labels(side="web").inc()
-                log.warning("session key disagrees with the database: key dropped, session resolved again",
-                            extra={"session_id": session_id, "conversation_id": named,
-                                   "proc": process_name(self.process_kind)})
-                self.forget(session_id, named)
+            if tracked.conversation_id is not None and tracked.user_id == user_id:
+                self.drop_stale_key(session_id, tracked.conversation_id)
             return self.resolve(session_id, user_id).how
         except (RedisError, NotFound, SessionBusy) as error:
             # The message is stored and its reply queued: the next message puts the key right.
             log.warning("session key not put right after a message; the next one will",
                         extra={"session_id": session_id, "error": type(error).__name__})
             return "tracked"
+
+    def drop_stale_key(self, session_id: str, conversation_id: str, attempt: int | None = None) -> None:
+        """The tracked key named `conversation_id`, which the database does not have live for
+        this session and user (deleted, or a key from before a restore): the database wins. The
+        key is dropped (if it still names it), counted and logged; the caller resolves again."""
+        metrics.session_mismatches.labels(side="web").inc()
+        log.warning("session key disagrees with the database: key dropped, session resolved again",
+                    extra={"session_id": session_id, "conversation_id": conversation_id,
+                           "proc": process_name(self.process_kind), "attempt": attempt})
+        self.forget(session_id, conversation_id)
 
     def _resolve_slow(self, session_id: str, user_id: int) -> ResolvedSession:
         # A holder that dies leaves its lock for lock_ttl_ms; waiting twice that and a little

@@ -66,7 +66,8 @@ def test_an_entry_is_used_only_for_its_max_age_and_only_for_its_user(monkeypatch
     clock[0] += 2  # read is not renewal: the age counts from when Redis last named it
     assert recent.get("s1", 1) is None
     recent.put("s1", 1, "c1")
-    recent.put("s1", 2, "c9")
+    recent.put("s1", 2, "c9")  # Redis named another owner since: the session is theirs now
+    assert recent.get("s1", 1) is None and recent.get("s1", 2) == "c9"
     recent.drop("s1")
     assert recent.get("s1", 1) is None and recent.get("s1", 2) is None
 
@@ -157,6 +158,38 @@ def test_a_retry_of_a_stored_pending_message_while_redis_is_down_is_503_then_200
     assert _messages(services) == 2
 
 
+def test_a_process_killed_before_its_withdrawal_leaves_the_message_to_the_sweeper(api, services, redis_server,
+                                                                                  monkeypatch, run_jobs):
+    """Killed between the failed enqueue and the delete (here: the delete never runs, as with
+    SIGKILL): the message stays `pending`, nobody answered the client, and the sweeper enqueues
+    it once Redis is back. Nothing is lost; nothing is answered twice."""
+    from app import conversations
+    from workers.maintenance import sweep_pending
+
+    class Killed(BaseException):
+        """Not an Exception: no handler of ours may catch it, as none runs after SIGKILL."""
+
+    session_id = new_session_id()
+    assert api.send(session_id, "first").status_code == 202
+    run_jobs()  # answered: the only pending message after the outage is the one in flight
+
+    def killed(services_, message):
+        raise Killed()
+
+    monkeypatch.setattr(conversations, "_withdraw", killed)
+    redis_server.stop()
+    try:
+        with pytest.raises(Killed):
+            api.send(session_id, "in flight when the process died")
+    finally:
+        redis_server.start()
+    with services.db.read() as db:
+        [kept] = db.scalars(select(Message).where(Message.content == "in flight when the process died"))
+    assert kept.status == "pending"
+    assert sweep_pending(services, older_than_s=0) == [kept.id]
+    assert sweep_pending(services, older_than_s=0) == []  # its job is queued now: not swept again
+
+
 def test_a_redis_restarted_empty_gets_the_key_back_with_the_next_message(api, services):
     session_id = new_session_id()
     first = api.send(session_id, "one").json
@@ -185,16 +218,6 @@ def test_a_key_that_expired_is_not_recreated_half_by_the_renewal(api, services):
     assert second.json["conversation_id"] == first["conversation_id"]
     tracked = services.redis.hgetall(keys.session_key(session_id))
     assert tracked["cid"] == first["conversation_id"] and "fence" in tracked
-
-
-def test_a_key_naming_another_conversation_is_put_right_and_the_database_wins(api, services):
-    session_id = new_session_id()
-    first = api.send(session_id, "one").json
-    services.redis.hset(keys.session_key(session_id), "cid", "an-operator-typo")
-    second = api.send(session_id, "two")
-    assert second.status_code == 202
-    assert second.json["conversation_id"] == first["conversation_id"]
-    assert services.redis.hget(keys.session_key(session_id), "cid") == first["conversation_id"]
 
 
 def test_another_user_is_never_answered_from_the_owners_memory(make_api, services):
