@@ -173,6 +173,28 @@ def test_a_job_taken_and_never_started_is_taken_over_after_stuck_after(api, serv
     assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
 
 
+def test_a_retry_waiting_out_its_interval_is_not_taken_over(api, services, watcher, monkeypatch):
+    """A failed attempt's retry sits in RQ's scheduled registry for its interval (15 s for the
+    third, beyond ARZANI_STUCK_AFTER): it is waiting its turn, not stranded. A takeover then would
+    call the agent ahead of the retry schedule. Once that registry entry is gone (lost), it is."""
+    from datetime import UTC, datetime
+
+    clock = [1000.0]
+    monkeypatch.setattr(recovery_module.time, "monotonic", lambda: clock[0])
+    watcher.tick()
+    posted = api.send(new_session_id(), "my retry waits its turn").json
+    job = services.queue.fetch_job(posted["job_id"])
+    services.queue.remove(job.id)
+    services.queue.scheduled_job_registry.schedule(job, datetime.now(UTC) + timedelta(seconds=60))
+    assert watcher.tick()["taken_over"] == []
+    clock[0] += 30  # six times ARZANI_STUCK_AFTER
+    assert watcher.tick()["taken_over"] == []
+    services.queue.scheduled_job_registry.remove(job.id)
+    assert watcher.tick()["taken_over"] == []  # first seen unclaimed, with nothing waiting, now
+    clock[0] += 5.1
+    assert watcher.tick()["taken_over"] == [posted["message"]["id"]]
+
+
 def test_deleted_conversations_and_answered_messages_are_left_alone(api, services, watcher, run_jobs):
     watcher.tick()
     api.send(new_session_id(), "answered")

@@ -22,8 +22,8 @@ so does the scheduler thread of each worker. This watcher does not wait for thos
   at the same instant runs twice, and its claim makes the second run a no-op).
 
 What a tick costs: one SET and one EXPIRE (the marker), an LRANGE of the queue, one indexed query
-of the pending messages (ix_messages_pending), one SET per takeover, and RQ's scheduled-registry
-read.
+of the pending messages (ix_messages_pending), one SET per takeover, and two reads of RQ's
+scheduled registry (the ids waiting in it; those due).
 """
 
 from __future__ import annotations
@@ -92,8 +92,13 @@ class Recovery:
 
     def take_over_stranded(self) -> list[int]:
         now = utcnow()
-        queued = {raw.decode() if isinstance(raw, bytes) else raw
-                  for raw in self.services.rq_redis.lrange(self.services.queue.key, 0, -1)}
+        # Waiting its turn: in the queue, or in RQ's scheduled registry (a retry waiting out its
+        # interval, which this watcher or a worker's scheduler enqueues when due). Without the
+        # registry, a retry whose interval outlasts ARZANI_STUCK_AFTER was "taken over" early: an
+        # agent call ahead of the retry schedule, an attempt counted twice.
+        waiting = [*self.services.rq_redis.lrange(self.services.queue.key, 0, -1),
+                   *self.services.queue.scheduled_job_registry.get_job_ids()]
+        queued = {raw.decode() if isinstance(raw, bytes) else raw for raw in waiting}
         with self.services.db.read() as db:
             rows = db.execute(
                 select(Message.id, Message.created_at, Message.conversation_id, Message.claimed_until)
@@ -112,7 +117,7 @@ class Recovery:
             seen.add(row.id)
             prefix = jobqueue.reply_job_id(self.services.queue.name, row)
             if any(job_id.startswith(prefix) for job_id in queued):
-                self.unclaimed_since.pop(row.id, None)  # waiting its turn in the queue
+                self.unclaimed_since.pop(row.id, None)  # waiting its turn (queued or scheduled)
                 continue
             if row.claimed_until is not None and row.claimed_until > now - timedelta(seconds=LAPSED_GRACE_S):
                 self.unclaimed_since.pop(row.id, None)  # being written: its lease is live
