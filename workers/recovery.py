@@ -13,7 +13,8 @@ so does the scheduler thread of each worker. This watcher does not wait for thos
 - **A reply nobody is writing**: for the earliest pending message of each conversation (the only
   one a run may claim, app/runs.py), a generation claim that lapsed (its lease was not renewed:
   the worker died or froze while writing), or no claim for `ARZANI_STUCK_AFTER` (10 s) since this
-  watcher first saw its job leave the queue (a worker took it and died before starting it). It
+  watcher first saw its job leave the queue and RQ's scheduled registry (a worker took it and
+  died before starting it). It
   then enqueues a takeover job, a reply job under an id of its own, at most one per message per
   `ARZANI_STUCK_AFTER` seconds (app/jobqueue.py). A takeover that was not needed costs one no-op
   job: the claim lets only one run call the agent.
