@@ -78,7 +78,13 @@ class Sizes:
     burst_rounds: int = 5
     handoff_sessions: int = 100
     ingest_sessions: int = 50
-    ingest_messages: int = 1200
+    # Each side is measured in `ingest_windows` windows a round, in turn: with 0.5 s windows, 8 a
+    # side, the rounds' ratios scattered by +-4% (this VM loses half a core for seconds at a
+    # time); with 24 of 0.3 s, by +-1% to 2%. The settling time lets the requests sent to the
+    # other side be answered first (with 0.1 s, 5% of the answers came later than that).
+    ingest_window_s: float = 0.3
+    ingest_settle_s: float = 0.15
+    ingest_windows: int = 24
     warm_posts: int = 200
     latency_messages: int = 10
     throughput_messages: int = 60  # a side, a round: with 30 (under a second) the 4-worker row scattered by +-10%
@@ -92,10 +98,11 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = replace(FULL, rounds=3, burst_rounds=3, ingest_messages=800, throughput_messages=20, race_sessions=2,
+QUICK = replace(FULL, rounds=3, burst_rounds=3, throughput_messages=20, race_sessions=2,
                 stream_counts=(2000,), stream_posts=150, sidebar=(10_000, 100_000))
 SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, burst_rounds=1, handoff_sessions=4,
-              ingest_sessions=4, ingest_messages=20, warm_posts=8, latency_messages=2, throughput_messages=3,
+              ingest_sessions=4, ingest_window_s=0.05, ingest_settle_s=0.02, ingest_windows=2, warm_posts=8,
+              latency_messages=2, throughput_messages=3,
               race_sessions=1, race_racers=(2, 2), event_log_tokens=100, stream_counts=(50,), stream_posts=30,
               sidebar=(1_000, 2_000), sidebar_pages=10)
 
@@ -219,39 +226,6 @@ def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 1
     figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 10 ms")
 
 
-def _post_many(port: int, token: str, path_of, total: int, threads: int, first: int = 0) -> float:
-    """POST `total` messages from `threads` client threads (message numbers from `first`); the
-    seconds it took."""
-    counter = iter(range(first, first + total))
-    lock = threading.Lock()
-    errors = []
-
-    def worker():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                break
-            conn.request("POST", path_of(n), body=json.dumps({"content": f"load {n}"}),
-                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            if response.status not in (200, 202):
-                errors.append(response.status)
-        conn.close()
-
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise click.ClickException(f"load answered errors: {errors[:5]}")
-    return time.perf_counter() - started
-
-
 def _process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (gunicorn's master and its workers)."""
     tree, todo = [], [pid]
@@ -278,14 +252,8 @@ UNSERVED_QUEUE = "arzani-bench-unserved"
 """The ingest gunicorn's queue: no worker takes its jobs, so the idle workers cost ingest nothing."""
 
 
-INGEST_BATCHES = 4
-"""An ingest round is this many batches a side, mirrored: A B B A A B B A (or B A A B B A A B in
-odd rounds). A drift of the machine's speed within the round (a neighbour, the SQLite file growing,
-a CPU's clock) then falls on both sides alike, where one batch a side left it all to one of them."""
-
-
-def mirrored(round_index: int, ours, baseline, pairs: int = INGEST_BATCHES) -> list:
-    """The round's batches in order: pairs of (ours, baseline), every other pair reversed, the
+def mirrored(round_index: int, ours, baseline, pairs: int) -> list:
+    """The round's windows in order: pairs of (ours, baseline), every other pair reversed, the
     first pair as `in_order` has it."""
     order = []
     for pair in range(pairs):
@@ -293,12 +261,85 @@ def mirrored(round_index: int, ours, baseline, pairs: int = INGEST_BATCHES) -> l
     return order
 
 
-def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, total: int = 1200,
-                 rounds: int = 5, warm: int = 200) -> None:
-    """gunicorn as `make run` starts it (4 gevent processes), 16 client threads, messages spread
-    over existing sessions; the baseline endpoint is served by the same gunicorn. Each round posts
-    `total` messages to each side in mirrored batches (`mirrored`), and reads the web processes'
-    CPU time (master and workers, /proc) around each batch; a round's figure is its batches' sum."""
+class SteadyLoad:
+    """`threads` client threads posting without pause, each on its own keep-alive connection, to
+    the path that `side` names at the moment a request is sent. Each answer is recorded with its
+    side and the time it came.
+
+    Why not batches of N messages a side (as this bench did): this VM's speed drifts by tens of
+    percent within seconds (the same loop took 0.96 s and 1.90 s a minute apart), so each side
+    must be measured many times, briefly, in turn; and a batch's start and end (threads and
+    connections opened, the last requests answered at a falling concurrency) cost time that is
+    not the server's throughput. Here the load never stops: `window` switches the side, waits for
+    the requests sent to the other side to be answered (`settle_s`), and then counts, over
+    `window_s`, only the answers of its own side, at full concurrency all along."""
+
+    def __init__(self, port: int, token: str, paths: dict, threads: int = 16):
+        self.port, self.token, self.paths = port, token, paths
+        self.side = next(iter(paths))
+        self.answers: list[list[tuple[object, float]]] = [[] for _ in range(threads)]
+        self.errors: list[int] = []
+        self._numbers = iter(range(10**12))  # next() on a range iterator is atomic under the GIL
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._post, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> SteadyLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _post(self, index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        answers = self.answers[index]
+        try:
+            while not self._stop.is_set():
+                side, n = self.side, next(self._numbers)
+                conn.request("POST", self.paths[side](n), body=json.dumps({"content": f"load {n}"}), headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status not in (200, 202):
+                    self.errors.append(response.status)
+                answers.append((side, time.perf_counter()))
+        except Exception as error:  # noqa: BLE001 - reported by the window that counts nothing
+            self.errors.append(repr(error))
+        finally:
+            conn.close()
+
+    def window(self, side, window_s: float, settle_s: float, pid: int) -> tuple[float, float, float]:
+        """Switch to `side`, settle, then measure it for `window_s`: (start, end, web CPU seconds)."""
+        self.side = side
+        time.sleep(settle_s)
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
+        time.sleep(window_s)
+        return started, time.perf_counter(), cpu_seconds(pid) - cpu
+
+    def count(self, side, started: float, ended: float) -> tuple[int, int]:
+        """(answers of `side`, answers of the other side) that came within [started, ended)."""
+        ours = other = 0
+        for answers in self.answers:
+            for answered_side, at in answers:
+                if started <= at < ended:
+                    if answered_side is side:
+                        ours += 1
+                    else:
+                        other += 1
+        return ours, other
+
+
+def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, window_s: float = 0.3,
+                 settle_s: float = 0.15, windows: int = 16, rounds: int = 5, warm_s: float = 1.0) -> None:
+    """gunicorn as `make run` starts it (4 gevent processes), 16 client threads posting without
+    pause (`SteadyLoad`), messages spread over existing sessions; the baseline endpoint is served
+    by the same gunicorn. Each round measures each side in `windows` windows of `window_s`, in
+    turn and mirrored (`mirrored`: A B B A A B ...), and reads the web processes' CPU time
+    (master and workers, /proc) over each window; a round's figure is the sum over its windows:
+    answers / seconds, CPU / answers."""
     port = web.port
     session_ids = [uuid.uuid4().hex for _ in range(sessions)]
     conversation_of = {}
@@ -316,21 +357,33 @@ def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, tot
         session_id = session_ids[n % sessions]
         return f"/bench/baseline/{session_id}/{conversation_of[session_id]}"
 
-    _post_many(port, token, ours, warm, 16)  # warm every process
-    _post_many(port, token, baseline, warm, 16)
-    batch = max(1, total // INGEST_BATCHES)
     rates: dict = {ours: [], baseline: []}
     cpu_us: dict = {ours: [], baseline: []}
+    strays = 0
+    with SteadyLoad(port, token, {ours: ours, baseline: baseline}) as load:
+        for side in (ours, baseline):  # warm every process on both paths
+            load.window(side, warm_s / 2, 0.0, web.process.pid)
+        windows = [(r, side, *load.window(side, window_s, settle_s, web.process.pid))
+                   for r in range(rounds) for side in mirrored(r, ours, baseline, windows)]
+    if load.errors:
+        raise click.ClickException(f"load answered errors: {load.errors[:5]}")
     for r in range(rounds):
+        answered = {ours: 0, baseline: 0}
         seconds = {ours: 0.0, baseline: 0.0}
         cpu = {ours: 0.0, baseline: 0.0}
-        for b, path_of in enumerate(mirrored(r, ours, baseline)):
-            before = cpu_seconds(web.process.pid)
-            seconds[path_of] += _post_many(port, token, path_of, batch, 16, first=b * batch)
-            cpu[path_of] += cpu_seconds(web.process.pid) - before
-        for path_of in (ours, baseline):
-            rates[path_of].append(batch * INGEST_BATCHES / seconds[path_of])
-            cpu_us[path_of].append(cpu[path_of] * 1e6 / (batch * INGEST_BATCHES))
+        for _r, side, started, ended, window_cpu in (w for w in windows if w[0] == r):
+            counted, other = load.count(side, started, ended)
+            answered[side] += counted
+            strays += other
+            seconds[side] += ended - started
+            cpu[side] += window_cpu
+        for side in (ours, baseline):
+            if not answered[side]:
+                raise click.ClickException("ingest: a round's windows saw no answer (is the server up?)")
+            rates[side].append(answered[side] / seconds[side])
+            cpu_us[side].append(cpu[side] * 1e6 / answered[side])
+    if strays:  # answers to the other side that came after the settling time: the window shared the CPU
+        click.echo(f"ingest: {strays} answers came later than {settle_s:.2f} s after a switch", err=True)
     figures.add_rounds(f"ingest under gunicorn ({web.workers} gevent), accepted messages/s", rates[ours],
                        rates[baseline], "msg/s", ">= 0.9x")
     figures.add_rounds("web CPU per accepted message (gunicorn master + workers)", cpu_us[ours],
@@ -632,16 +685,23 @@ def _reply_rate(services, env: dict, user_id: int, count: int) -> float:
 def bench_throughput(services, user_id: int, workers: Workers, figures: Figures, counts=(4, 2, 1),
                      messages: int = 60, rounds: int = 5) -> None:
     """Replies/s with each count of stock rq workers beside no-op jobs/s on the same workers, in
-    alternating rounds. From the most workers to the fewest: stopping one is quick, starting one
-    is not."""
+    rounds of `messages` jobs a side (two mirrored batches each). From the most workers to the
+    fewest: stopping one is quick, starting one is not."""
     for count in sorted(counts, reverse=True):
         workers.keep(services, count)
         _noop_rate(services, workers.env, count)  # each worker's first horse, and the machine, warm
         rates: dict = {"ours": [], "noop": []}
+        half = max(1, messages // 2)
         for r in range(rounds):
-            for kind in in_order(r, "ours", "noop"):
-                rates[kind].append(_reply_rate(services, workers.env, user_id, messages) if kind == "ours"
-                                   else _noop_rate(services, workers.env, messages))
+            # Two batches a side, mirrored (A B B A, B A A B): a drift of the machine's speed
+            # within the round falls on both sides alike, where one batch each left it to one.
+            seconds = {"ours": 0.0, "noop": 0.0}
+            for kind in mirrored(r, "ours", "noop", pairs=2):
+                rate = (_reply_rate(services, workers.env, user_id, half) if kind == "ours"
+                        else _noop_rate(services, workers.env, half))
+                seconds[kind] += half / rate
+            for kind in ("ours", "noop"):
+                rates[kind].append(2 * half / seconds[kind])
         plural = "s" if count > 1 else ""
         figures.add_rounds(f"replies/s, {count} rq worker{plural} (echo agent, a session each)", rates["ours"],
                            rates["noop"], "msg/s", ">= 0.8x")
@@ -932,8 +992,9 @@ def bench(quick: bool, smoke: bool, rounds: int | None) -> None:
             web.ready()
         workers.ready(services)
         click.echo(f"measuring ingest and web CPU under gunicorn ({sizes.rounds} rounds)...", err=True)
-        bench_ingest(unserved, token, figures, sessions=sizes.ingest_sessions, total=sizes.ingest_messages,
-                     rounds=sizes.rounds, warm=sizes.warm_posts)
+        bench_ingest(unserved, token, figures, sessions=sizes.ingest_sessions, window_s=sizes.ingest_window_s,
+                     settle_s=sizes.ingest_settle_s, windows=sizes.ingest_windows, rounds=sizes.rounds,
+                     warm_s=min(1.0, 20 * sizes.ingest_window_s))
         click.echo("measuring a burst of messages with four workers...", err=True)
         bench_burst(services, client, headers, env, figures, rounds=sizes.burst_rounds)
         click.echo("measuring end to end under `arzani race` load...", err=True)
