@@ -76,7 +76,7 @@ class Sizes:
     web_workers: int = 4  # gunicorn processes, as `make run` starts them
     round_trip_messages: int = 50
     burst_rounds: int = 5
-    handoff_sessions: int = 100
+    handoff_sessions: int = 60  # a side: ours, and redis-py's polling (0.1 s a race)
     ingest_sessions: int = 50
     # Each side is measured in `ingest_windows` windows a round, in turn: with 0.5 s windows, 8 a
     # side, the rounds' ratios scattered by +-4% (this VM loses half a core for seconds at a
@@ -172,58 +172,88 @@ def bench_round_trips(services, client, headers, figures: Figures, messages: int
     probe.close()
 
 
-def _handoff_racer(settings, user_id, session_ids, barrier, results):
-    """One OS process of the hand-off race: resolve each session when the barrier lets go."""
+POLLED = "arzani:bench:polled:"
+"""The baseline of the hand-off race: `POLLED + SID` is set by the winner under redis-py's Lock."""
+
+
+def _polling_resolve(services, session_id: str, user_id: int) -> str:
+    """The hand-off as redis-py's Lock leaves it (the issue's baseline): a racer that does not
+    get the lock looks again every `Lock.sleep` (0.1 s, redis-py's default, what its blocking
+    `acquire` sleeps between attempts) for the winner's mark; the winner resolves the session
+    (our lock, uncontended, inside it) and sets the mark."""
+    client = services.redis
+    lock = client.lock(f"arzani:bench:polling-lock:{session_id}", timeout=30)
+    while True:
+        if client.get(POLLED + session_id):
+            return "waited"
+        if lock.acquire(blocking=False):
+            try:
+                if client.get(POLLED + session_id):
+                    return "waited"
+                services.sessions.resolve(session_id, user_id)
+                client.set(POLLED + session_id, 1, ex=600)
+                return "created"
+            finally:
+                lock.release()
+        time.sleep(lock.sleep)
+
+
+def _handoff_racer(settings, user_id, races, barrier, results):
+    """One OS process of the hand-off race: resolve each session when the barrier lets go, by
+    our lock or (the baseline) by redis-py's polling one, as `races` says."""
     from app.wiring import Wiring
 
     services = Wiring(settings)
     out = []
-    for session_id in session_ids:
+    for session_id, kind in races:
         barrier.wait()
         started = time.monotonic_ns()  # one clock for every process on the machine
-        resolved = services.sessions.resolve(session_id, user_id)
-        out.append((session_id, resolved.how, started, time.monotonic_ns()))
+        how = (services.sessions.resolve(session_id, user_id).how if kind == "ours"
+               else _polling_resolve(services, session_id, user_id))
+        out.append((session_id, how, started, time.monotonic_ns()))
     results.put(out)
 
 
 def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 16, sessions: int = 30,
                        rounds: int = 3) -> None:
-    """16 OS processes (as 16 gunicorn workers would be) race each session's first resolution.
-    The sessions are cut into `rounds` rounds, a p50 and p99 each; the baseline (the winner's own
-    time) comes from the same races."""
+    """16 OS processes (as 16 gunicorn workers would be) race each session's first resolution:
+    the losers' extra wait after the winner is done. The baseline is the same race handed off by
+    redis-py's blocking Lock, which polls (the issue: stay ahead of it). `sessions` races a side,
+    taking turns mirrored (`mirrored`), cut into `rounds` rounds, a p50 and p99 each."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    session_ids = [uuid.uuid4().hex for _ in range(sessions)]
+    per_round = max(1, sessions // rounds)
+    races = [(uuid.uuid4().hex, kind) for r in range(rounds)
+             for kind in mirrored(r, "ours", "polling", pairs=per_round)]
     barrier, results = context.Barrier(racers), context.Queue()
-    children = [context.Process(target=_handoff_racer,
-                                args=(services.settings, user_id, session_ids, barrier, results))
+    children = [context.Process(target=_handoff_racer, args=(services.settings, user_id, races, barrier, results))
                 for _ in range(racers)]
     for child in children:
         child.start()
-    rows = [row for _ in children for row in results.get(timeout=300)]
+    rows = [row for _ in children for row in results.get(timeout=600)]
     for child in children:
         child.join(30)
-    per_round = max(1, sessions // rounds)
+    by_session: dict = {}
+    for row in rows:
+        by_session.setdefault(row[0], []).append(row)
     figures_of = {50: ([], []), 99: ([], [])}
-    for start in range(0, per_round * rounds, per_round):
-        winners, extra = [], []
-        for session_id in session_ids[start:start + per_round]:
-            race = [r for r in rows if r[0] == session_id]
-            winner = next(r for r in race if r[1] == "created")
-            winners.append((winner[3] - winner[2]) / 1e6)
-            extra += [max(0.0, (r[3] - winner[3]) / 1e6) for r in race if r[1] == "waited"]
-        # A round where every loser came after the winner's commit had no one waiting: its extra
-        # wait is 0 (smoke size, 2 sessions a round, met it 1 run in 9; quantiles of nothing raise).
-        extra = extra or [0.0]
+    for r in range(rounds):
+        extra: dict = {"ours": [], "polling": []}
+        for session_id, kind in races[r * 2 * per_round:(r + 1) * 2 * per_round]:
+            race = by_session[session_id]
+            winner = next(row for row in race if row[1] == "created")
+            extra[kind] += [max(0.0, (row[3] - winner[3]) / 1e6) for row in race if row[1] == "waited"]
         for q, (ours, base) in figures_of.items():
-            ours.append(pct(extra, q))
-            base.append(pct(winners, q))
+            # A round where every loser came after the winner's commit had no one waiting: its
+            # extra wait is 0 (smoke size met it; quantiles of nothing raise).
+            ours.append(pct(extra["ours"] or [0.0], q))
+            base.append(pct(extra["polling"] or [0.0], q))
     figures.add_rounds("lock hand-off: losers' extra wait p50", *figures_of[50], "ms")
-    # The issue asks the hand-off to stay ahead of redis-py's polling (p99 42.90 ms in its run);
-    # 10 ms keeps it four times ahead. (It was 5 ms, set when 16 threads of one process raced; 16
-    # processes on 2 cores put its p99 at 3 to 6 ms, astride that line: verdicts flipped.)
-    figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 10 ms")
+    # The issue asks the hand-off to stay ahead of redis-py's polling (p99 42.90 ms in its run).
+    # Against that polling, raced in the same rounds, rather than a fixed 10 ms (was 5 ms): 16
+    # processes on 2 cores put ours at 3 to 11 ms as the machine's speed drifted, astride either.
+    figures.add_rounds("lock hand-off: losers' extra wait p99", *figures_of[99], "ms", "<= 0.25x")
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -382,8 +412,11 @@ def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, win
                 raise click.ClickException("ingest: a round's windows saw no answer (is the server up?)")
             rates[side].append(answered[side] / seconds[side])
             cpu_us[side].append(cpu[side] * 1e6 / answered[side])
-    if strays:  # answers to the other side that came after the settling time: the window shared the CPU
-        click.echo(f"ingest: {strays} answers came later than {settle_s:.2f} s after a switch", err=True)
+    if strays:  # answers to the other side after the settling time: those windows shared the CPU
+        import logging
+
+        logging.getLogger("arzani.bench").warning(
+            "ingest: %d answers to the other side came later than %.2f s after a switch", strays, settle_s)
     figures.add_rounds(f"ingest under gunicorn ({web.workers} gevent), accepted messages/s", rates[ours],
                        rates[baseline], "msg/s", ">= 0.9x")
     figures.add_rounds("web CPU per accepted message (gunicorn master + workers)", cpu_us[ours],

@@ -160,3 +160,28 @@ def test_exactly_n_in_rounds_needs_every_round_to_give_n():
     figures = Figures()
     assert figures.add_rounds("calls", [1.0, 1.0, 1.1, 1.0, 1.0], None, "calls", "exactly 1.00") == "MISS"
     assert figures.add_rounds("calls", [1.0] * 5, None, "calls", "exactly 1.00") == "PASS"
+
+
+def test_ingest_windows_take_turns_mirrored():
+    from scripts.bench import mirrored
+
+    assert mirrored(0, "A", "B", pairs=4) == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    assert mirrored(1, "A", "B", pairs=2) == ["B", "A", "A", "B"]
+    for r in range(3):  # every round measures each side equally often
+        order = mirrored(r, "A", "B", pairs=24)
+        assert order.count("A") == order.count("B") == 24
+
+
+def test_a_window_counts_only_its_own_side_within_it():
+    """The load never stops: a window counts the answers of its side that came within it; the
+    other side's answers in it (sent before the switch, answered after the settling time) are
+    told apart, and answers before or after it are not counted at all."""
+    from scripts.bench import SteadyLoad
+
+    ours, baseline = object(), object()
+    load = SteadyLoad(0, "token", {ours: None, baseline: None}, threads=2)  # no thread started
+    load.answers[0] += [(baseline, 0.9), (ours, 1.0), (ours, 1.5), (baseline, 1.6), (ours, 2.0)]
+    load.answers[1] += [(ours, 1.2), (ours, 1.99), (baseline, 2.5)]
+    assert load.count(ours, 1.0, 2.0) == (4, 1)
+    assert load.count(baseline, 2.0, 3.0) == (1, 1)
+    assert load.count(baseline, 3.0, 4.0) == (0, 0)
