@@ -8,10 +8,10 @@ the median of the rounds' ratios, their spread and a verdict (scripts/benchfigur
 - Redis round trips and commands per message, web side (existing session) and end to end
   (web + reply job), against a bare RQ enqueue + no-op job;
 - lock hand-off: 16 concurrent first messages on one session, the losers' extra wait after the
-  winner is done (p50, p99), against the winner's own time;
+  winner is done (p50, p99), against the same race handed off by redis-py's polling Lock;
 - accepted messages/s under gunicorn, and the web processes' CPU per accepted message, against
   a baseline endpoint that does the same insert and enqueue without session resolution (the same
-  gunicorn serves both);
+  gunicorn serves both, under one steady load whose path switches: `SteadyLoad`);
 - reply latency with the echo agent (p50, p99) against a no-op RQ job, stock rq worker;
 - replies/s with 1, 2 and 4 stock rq workers (one message per session) against no-op jobs/s on
   the same workers; messages/s end to end (accepted and answered) under `arzani race` load;
@@ -568,25 +568,30 @@ class StreamHolder:
         self.thread.join(10)
 
 
-def _post_latencies(port: int, token: str, count: int) -> list[float]:
-    """`count` POSTs one after the other on one keep-alive connection, each timed (ms), in a fresh
-    session (its first message, the one that creates the conversation, untimed): a session holds
-    2,000 messages at most."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def _post_latencies(ports: list[int], token: str, count: int) -> list[list[float]]:
+    """`count` POSTs to each server of `ports`, each timed (ms), taking turns one POST at a time
+    (A B B A A B ...: a moment the machine is slow falls on every side alike, where a batch a
+    side left a p99 to whichever side met it), one keep-alive connection and a fresh session per
+    server (its first message, the one that creates the conversation, untimed: a session holds
+    2,000 messages at most)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    session_id = uuid.uuid4().hex
-    timings = []
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for port in ports]
+    session_ids = [uuid.uuid4().hex for _ in ports]
+    timings: list[list[float]] = [[] for _ in ports]
+    order = list(range(len(ports)))
     for n in range(count + 1):
-        started = time.perf_counter()
-        conn.request("POST", f"/api/sessions/{session_id}/messages", body=json.dumps({"content": f"p{n}"}),
-                     headers=headers)
-        response = conn.getresponse()
-        response.read()
-        if n:
-            timings.append((time.perf_counter() - started) * 1000)
-        if response.status not in (200, 202):
-            raise click.ClickException(f"a POST answered {response.status}")
-    conn.close()
+        for i in (order if n % 2 == 0 else order[::-1]):
+            started = time.perf_counter()
+            conns[i].request("POST", f"/api/sessions/{session_ids[i]}/messages",
+                             body=json.dumps({"content": f"p{n}"}), headers=headers)
+            response = conns[i].getresponse()
+            response.read()
+            if n:
+                timings[i].append((time.perf_counter() - started) * 1000)
+            if response.status not in (200, 202):
+                raise click.ClickException(f"a POST answered {response.status}")
+    for conn in conns:
+        conn.close()
     return timings
 
 
@@ -594,14 +599,14 @@ def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, ma
                        counts=(2000, 3000, 3800), posts: int = 300, rounds: int = 5, warm: int = 50) -> None:
     """Open event streams held against one gunicorn (the Procfile's web, `make run`'s defaults: 4
     gevent processes x 1,000 connections) while a client POSTs messages one after the other; the
-    baseline is the POSTs' p99 at an identical gunicorn holding none, measured in the same rounds.
+    baseline is the POSTs' p99 at an identical gunicorn holding none, the two taking turns one
+    POST at a time (`_post_latencies`).
     The first count is measured in `rounds` rounds; each larger one in one round, only to find the
     largest count that holds."""
     probe = redis.Redis.from_url(holding.env["REDIS_URL"])
     holder = StreamHolder(holding.port, token)
     try:
-        for web in (holding, idle):
-            _post_latencies(web.port, token, warm)  # warm every process
+        _post_latencies([holding.port, idle.port], token, warm)  # warm every process
         base_clients = len(probe.client_list())
         held, first_verdict = 0, None
         for n, count in enumerate(counts):
@@ -611,8 +616,10 @@ def bench_open_streams(holding: Web, idle: Web, token: str, figures: Figures, ma
                 break
             p99: dict = {holding: [], idle: []}
             for r in range(rounds if n == 0 else 1):
-                for web in in_order(r, holding, idle):
-                    p99[web].append(pct(_post_latencies(web.port, token, posts), 99))
+                first, second = in_order(r, holding, idle)
+                for web, timings in zip((first, second), _post_latencies([first.port, second.port], token, posts),
+                                        strict=True):
+                    p99[web].append(pct(timings, 99))
             clients = len(probe.client_list())
             ratio = statistics.median(o / b for o, b in zip(p99[holding], p99[idle], strict=True))
             click.echo(f"  {count:,} streams open: POST p99 {statistics.median(p99[holding]):.2f} ms "
