@@ -98,7 +98,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = replace(FULL, rounds=3, burst_rounds=3, throughput_messages=20, race_sessions=2,
+QUICK = replace(FULL, rounds=3, burst_rounds=3, ingest_windows=12, throughput_messages=20, race_sessions=2,
                 stream_counts=(2000,), stream_posts=150, sidebar=(10_000, 100_000))
 SMOKE = Sizes(rounds=2, web_workers=2, round_trip_messages=10, burst_rounds=1, handoff_sessions=4,
               ingest_sessions=4, ingest_window_s=0.05, ingest_settle_s=0.02, ingest_windows=2, warm_posts=8,
