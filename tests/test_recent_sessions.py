@@ -208,6 +208,25 @@ def test_a_redis_restarted_empty_gets_the_key_back_with_the_next_message(api, se
     assert _messages(services, first["conversation_id"]) == 3
 
 
+def test_a_redis_that_lost_only_its_scripts_still_renews_a_recent_session_once(api, services):
+    """A Redis restarted with its data but without our scripts (SCRIPT FLUSH here) answers the
+    renewal and the announcements NOSCRIPT inside RQ's transaction: the message is stored and
+    queued, the hash renewed, the events appended once each, and the session still tracked."""
+    session_id = new_session_id()
+    api.send(session_id, "one")
+    services.redis.hset(keys.session_key(session_id), "seen", 1)
+    services.redis.pexpire(keys.session_key(session_id), 5000)
+    services.redis.script_flush()
+    second = api.send(session_id, "two")
+    assert second.status_code == 202
+    assert second.headers["Arzani-Session-Resolution"] == "tracked"
+    assert second.json["job_id"] in services.queue.job_ids
+    assert int(services.redis.hget(keys.session_key(session_id), "seen")) > 1
+    assert services.redis.pttl(keys.session_key(session_id)) > 5000
+    kinds = [fields["type"] for _, fields in services.redis.xrange(keys.session_log(session_id))]
+    assert kinds.count("message") == 2
+
+
 def test_a_key_that_expired_is_not_recreated_half_by_the_renewal(api, services):
     """The renewal only renews: a hash gone is rebuilt under the lock from the database, whole,
     never as a stray `seen` field without its conversation."""
