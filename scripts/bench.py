@@ -308,7 +308,7 @@ class SteadyLoad:
         self.port, self.token, self.paths = port, token, paths
         self.side = next(iter(paths))
         self.answers: list[list[tuple[object, float]]] = [[] for _ in range(threads)]
-        self.errors: list[int] = []
+        self.errors: list = []  # statuses other than 200/202, and exceptions
         self._numbers = iter(range(10**12))  # next() on a range iterator is atomic under the GIL
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._post, args=(i,), daemon=True) for i in range(threads)]
@@ -363,7 +363,7 @@ class SteadyLoad:
 
 
 def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, window_s: float = 0.3,
-                 settle_s: float = 0.15, windows: int = 16, rounds: int = 5, warm_s: float = 1.0) -> None:
+                 settle_s: float = 0.15, windows: int = 24, rounds: int = 5, warm_s: float = 1.0) -> None:
     """gunicorn as `make run` starts it (4 gevent processes), 16 client threads posting without
     pause (`SteadyLoad`), messages spread over existing sessions; the baseline endpoint is served
     by the same gunicorn. Each round measures each side in `windows` windows of `window_s`, in
@@ -393,15 +393,15 @@ def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, win
     with SteadyLoad(port, token, {ours: ours, baseline: baseline}) as load:
         for side in (ours, baseline):  # warm every process on both paths
             load.window(side, warm_s / 2, 0.0, web.process.pid)
-        windows = [(r, side, *load.window(side, window_s, settle_s, web.process.pid))
-                   for r in range(rounds) for side in mirrored(r, ours, baseline, windows)]
+        measured = [(r, side, *load.window(side, window_s, settle_s, web.process.pid))
+                    for r in range(rounds) for side in mirrored(r, ours, baseline, windows)]
     if load.errors:
         raise click.ClickException(f"load answered errors: {load.errors[:5]}")
     for r in range(rounds):
         answered = {ours: 0, baseline: 0}
         seconds = {ours: 0.0, baseline: 0.0}
         cpu = {ours: 0.0, baseline: 0.0}
-        for _r, side, started, ended, window_cpu in (w for w in windows if w[0] == r):
+        for _r, side, started, ended, window_cpu in (w for w in measured if w[0] == r):
             counted, other = load.count(side, started, ended)
             answered[side] += counted
             strays += other
