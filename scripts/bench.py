@@ -26,6 +26,7 @@ the median of the rounds' ratios, their spread and a verdict (scripts/benchfigur
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import http.client
 import json
@@ -66,6 +67,15 @@ def in_order(round_index: int, ours, baseline) -> list:
     """The two measurements of a round, ours first in even rounds and the baseline first in odd
     ones: neither is always the one that runs on a warmer (or a busier) machine."""
     return [ours, baseline] if round_index % 2 == 0 else [baseline, ours]
+
+
+def mirrored(round_index: int, ours, baseline, pairs: int) -> list:
+    """A round's turns in order (ingest's windows, the replies/s batches, the hand-off races):
+    `pairs` pairs of (ours, baseline), every other pair reversed, the first as `in_order` has it."""
+    order = []
+    for pair in range(pairs):
+        order += in_order(round_index + pair, ours, baseline)
+    return order
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,11 @@ def bench_lock_handoff(services, user_id: int, figures: Figures, racers: int = 1
         extra: dict = {"ours": [], "polling": []}
         for session_id, kind in races[r * 2 * per_round:(r + 1) * 2 * per_round]:
             race = by_session[session_id]
-            winner = next(row for row in race if row[1] == "created")
+            winners = [row for row in race if row[1] == "created"]
+            if len(winners) != 1 or any(row[1] not in ("created", "waited", "tracked") for row in race):
+                # either side's hand-off made two conversations (or none): no figure means anything
+                raise click.ClickException(f"lock hand-off ({kind}): a race ended {sorted(r[1] for r in race)}")
+            winner = winners[0]
             extra[kind] += [max(0.0, (row[3] - winner[3]) / 1e6) for row in race if row[1] == "waited"]
         for q, (ours, base) in figures_of.items():
             # A round where every loser came after the winner's commit had no one waiting: its
@@ -282,15 +296,6 @@ UNSERVED_QUEUE = "arzani-bench-unserved"
 """The ingest gunicorn's queue: no worker takes its jobs, so the idle workers cost ingest nothing."""
 
 
-def mirrored(round_index: int, ours, baseline, pairs: int) -> list:
-    """The round's windows in order: pairs of (ours, baseline), every other pair reversed, the
-    first pair as `in_order` has it."""
-    order = []
-    for pair in range(pairs):
-        order += in_order(round_index + pair, ours, baseline)
-    return order
-
-
 class SteadyLoad:
     """`threads` client threads posting without pause, each on its own keep-alive connection, to
     the path that `side` names at the moment a request is sent. Each answer is recorded with its
@@ -310,6 +315,7 @@ class SteadyLoad:
         self.answers: list[list[tuple[object, float]]] = [[] for _ in range(threads)]
         self.errors: list = []  # statuses other than 200/202, and exceptions
         self._numbers = iter(range(10**12))  # next() on a range iterator is atomic under the GIL
+        self._times: dict | None = None  # count()'s index of the answers
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._post, args=(i,), daemon=True) for i in range(threads)]
 
@@ -350,16 +356,21 @@ class SteadyLoad:
         return started, time.perf_counter(), cpu_seconds(pid) - cpu
 
     def count(self, side, started: float, ended: float) -> tuple[int, int]:
-        """(answers of `side`, answers of the other side) that came within [started, ended)."""
-        ours = other = 0
-        for answers in self.answers:
-            for answered_side, at in answers:
-                if started <= at < ended:
-                    if answered_side is side:
-                        ours += 1
-                    else:
-                        other += 1
-        return ours, other
+        """(answers of `side`, answers of the other sides) that came within [started, ended).
+        For after the load: the answers' times, by side, are sorted once on the first call."""
+        if any(t.is_alive() for t in self._threads):
+            raise RuntimeError("count() is for after the load: answers are still coming")
+        if self._times is None:
+            self._times = {}
+            for answers in self.answers:
+                for answered_side, at in answers:
+                    self._times.setdefault(answered_side, []).append(at)
+            for times in self._times.values():
+                times.sort()
+        within = {key: bisect.bisect_left(times, ended) - bisect.bisect_left(times, started)
+                  for key, times in self._times.items()}
+        ours = within.pop(side, 0)
+        return ours, sum(within.values())
 
 
 def bench_ingest(web: Web, token: str, figures: Figures, sessions: int = 50, window_s: float = 0.3,

@@ -4,6 +4,7 @@ assertions); the verdict logic itself (scripts/benchfigures.py) is tested withou
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -185,3 +186,67 @@ def test_a_window_counts_only_its_own_side_within_it():
     assert load.count(ours, 1.0, 2.0) == (4, 1)
     assert load.count(baseline, 2.0, 3.0) == (1, 1)
     assert load.count(baseline, 3.0, 4.0) == (0, 0)
+
+
+def test_a_steady_load_posts_to_the_side_a_window_names_and_counts_its_answers():
+    """Against a real (tiny) HTTP server: the threads post to the path of the window's side, the
+    window counts that side's answers, and the other side's are told apart; the load stops when
+    the `with` ends; a second window on the other side counts the other path's answers."""
+    import http.server
+    import threading
+
+    from scripts.bench import SteadyLoad
+
+    seen = {"/a": 0, "/b": 0}
+    seen_lock = threading.Lock()  # the server answers on a thread per connection
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with seen_lock:
+                seen[self.path] += 1
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    a, b = (lambda n: "/a"), (lambda n: "/b")
+    try:
+        with SteadyLoad(server.server_address[1], "token", {a: a, b: b}, threads=4) as load:
+            first = load.window(a, 0.2, 0.0, os.getpid())
+            second = load.window(b, 0.2, 0.05, os.getpid())
+            with pytest.raises(RuntimeError):  # nothing to count while the load runs
+                load.count(a, 0, 1)
+    finally:
+        server.shutdown()
+    assert not load.errors
+    ours, other = load.count(a, first[0], first[1])
+    assert ours > 0 and other == 0  # the first window had no settling: nothing else was sent yet
+    ours, _other = load.count(b, second[0], second[1])
+    assert ours > 0
+    assert seen["/a"] > 0 and seen["/b"] > 0
+    total = sum(len(answers) for answers in load.answers)
+    assert total == seen["/a"] + seen["/b"]  # every answer recorded once, by the thread that got it
+
+
+def test_a_steady_load_on_a_server_that_is_gone_reports_errors():
+    """Nothing listening: every thread's first request fails, is recorded, and the thread ends
+    (bench_ingest raises on any recorded error rather than print figures of a broken load)."""
+    import socket
+
+    from scripts.bench import SteadyLoad
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    side = lambda n: "/x"  # noqa: E731
+    with SteadyLoad(port, "token", {side: side}, threads=3) as load:
+        load.window(side, 0.1, 0.0, os.getpid())
+    assert len(load.errors) == 3 and all("ConnectionRefused" in error for error in load.errors)
+    assert load.count(side, 0, float("inf")) == (0, 0)

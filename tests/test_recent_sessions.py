@@ -211,7 +211,10 @@ def test_a_redis_restarted_empty_gets_the_key_back_with_the_next_message(api, se
 def test_a_redis_that_lost_only_its_scripts_still_renews_a_recent_session_once(api, services):
     """A Redis restarted with its data but without our scripts (SCRIPT FLUSH here) answers the
     renewal and the announcements NOSCRIPT inside RQ's transaction: the message is stored and
-    queued, the hash renewed, the events appended once each, and the session still tracked."""
+    queued, the events appended once each (the announcements' script sent again on its own),
+    and the renewal's NOSCRIPT taken as a hash to look at again: the session is resolved through
+    Redis, which renews the hash, finds it naming this conversation, and the process remembers
+    the session again."""
     session_id = new_session_id()
     api.send(session_id, "one")
     services.redis.hset(keys.session_key(session_id), "seen", 1)
@@ -225,6 +228,7 @@ def test_a_redis_that_lost_only_its_scripts_still_renews_a_recent_session_once(a
     assert services.redis.pttl(keys.session_key(session_id)) > 5000
     kinds = [fields["type"] for _, fields in services.redis.xrange(keys.session_log(session_id))]
     assert kinds.count("message") == 2
+    assert services.sessions.recent.get(session_id, api.user_id) == second.json["conversation_id"]
 
 
 def test_a_key_that_expired_is_not_recreated_half_by_the_renewal(api, services):
