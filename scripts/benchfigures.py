@@ -9,7 +9,7 @@ the interquartile range (the middle half of the rounds, q1..q3): one round that 
 burst moves neither the median nor it, while rounds that scatter as a whole still widen it.
 
     PASS / MISS   the median meets / misses the target and the spread is within the gap;
-    UNSURE        the spread (max - min) is larger than the gap between the median and the
+    UNSURE        the spread (q3 - q1) is larger than the gap between the median and the
                   target: another run could fall on either side, so this one decides nothing.
 
     spread:   |<---- q1..q3 ---->|
@@ -63,7 +63,8 @@ class Target:
 
 def judge(target: Target, median: float, spread: tuple[float, float] | None = None) -> str:
     """PASS, MISS or UNSURE for `median` (of the rounds; the figure itself if exact), `spread` being
-    the rounds' (min, max) of the same quantity, or None for an exact figure."""
+    the rounds' spread of the same quantity (`spread_of`: q1..q3, or min..max for "exactly N"),
+    or None for an exact figure."""
     if target.op == "==":
         exact = spread is None or spread[0] == spread[1]
         return "PASS" if exact and target.met_by(median) else "MISS"

@@ -256,3 +256,24 @@ def test_a_new_connection_of_ours_sends_no_client_setinfo(settings):
     stock.close()
     wiring.close()
     probe.close()
+
+
+def test_our_redis_connections_parse_and_pack_with_hiredis(settings):
+    """redis[hiredis] is a dependency (setup.cfg): every command of a request is packed and its
+    answer parsed in C, not in redis-py's Python (about 25 us a command; issue 15's ingest).
+    A dependency list that lost it would fall back silently: the connections say which they use."""
+    from redis._parsers import _HiredisParser
+    from redis.connection import HiredisRespSerializer
+
+    from app.wiring import Wiring
+
+    wiring = Wiring(settings)
+    for client in (wiring.redis, wiring.rq_redis):
+        client.ping()
+        connection = client.connection_pool.get_connection()
+        try:
+            assert isinstance(connection._parser, _HiredisParser)
+            assert isinstance(connection._command_packer, HiredisRespSerializer)
+        finally:
+            client.connection_pool.release(connection)
+    wiring.close()
